@@ -18,6 +18,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("cellrep_ml.cli.ingest", "Validate and register a screen from its manifest."),
     "crops": ("cellrep_ml.cli.crops", "Segment nuclei and write single-cell crops."),
     "reference": ("cellrep_ml.cli.reference", "Build the reference annotation snapshot."),
+    "sql": ("cellrep_ml.cli.sql", "Run a read-only SQL query over the data home."),
 }
 
 

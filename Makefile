@@ -1,0 +1,49 @@
+# cellrep — the two commands a new user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export CELLREP_HOME ?= $(CURDIR)/.cellrep
+export DAGSTER_HOME ?= $(CELLREP_HOME)/dagster
+
+.PHONY: install demo test test-fast lint reference bench ui clean
+
+# Create .venv at the repo root if missing and install the project with its test tools.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: simulate a multi-cell-line screen and materialize every asset into $(CELLREP_HOME)
+demo: install
+	$(BIN)/python -m cellrep_assets.demo
+
+## test: the whole suite (unit + Dagster integration), two workers
+test: install
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check cellrep_ml cellrep_assets tests bench
+
+## reference: fetch GO / org.Hs.eg / efaar-benchmarking and build the full annotation snapshot
+reference: install
+	$(BIN)/cellrep reference build
+
+## bench: throughput tables (simulator, crop extraction)
+bench: install
+	$(BIN)/python bench/simulate.py
+	$(BIN)/python bench/crops.py
+
+## ui: the Dagster UI on the demo's instance
+ui: install
+	@mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -m cellrep_assets.definitions
+
+clean:
+	rm -rf $(CELLREP_HOME) .pytest_cache

@@ -1,0 +1,65 @@
+"""``cellrep sql "QUERY"`` — read-only SQL over the data home.
+
+Views over the Parquet tables of every partition (``fields``, ``quarantine``, ``cells``)
+are created in an in-memory DuckDB; the warehouse, when it exists, is attached read-only
+as ``warehouse``. Nothing is ever written.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from cellrep_ml.config import data_home, warehouse_path
+
+# view name → glob under the data home
+VIEWS = {
+    "fields": "raw/*/*/fields.parquet",
+    "quarantine": "raw/*/*/quarantine.parquet",
+    "cells": "crops/*/*/cells.parquet",
+}
+
+
+def connect(home: Path | None = None):
+    """An in-memory DuckDB connection with the data home's tables as views."""
+    import duckdb
+
+    home = home or data_home()
+    con = duckdb.connect(":memory:")
+    for view, pattern in VIEWS.items():
+        if any(home.glob(pattern)):
+            glob = str(home / pattern).replace("'", "''")
+            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet('{glob}', union_by_name=true)")
+    warehouse = warehouse_path(home)
+    if warehouse.is_file():
+        con.execute(f"ATTACH '{warehouse}' AS warehouse (READ_ONLY)")
+    return con
+
+
+@click.command()
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True, help="Output format.")
+@click.option("--max-rows", default=50, show_default=True, help="Rows shown in table format.")
+def command(query: str, fmt: str, max_rows: int) -> None:
+    """Run a read-only SQL QUERY over the data home (views: fields, quarantine, cells)."""
+    import duckdb
+
+    try:
+        rel = connect().sql(query)
+    except duckdb.Error as exc:
+        raise click.ClickException(str(exc)) from exc
+    if rel is None:
+        return
+    df = rel.pl()
+    if fmt == "csv":
+        sys.stdout.write(df.write_csv())
+    elif fmt == "json":
+        sys.stdout.write(df.write_json() + "\n")
+    else:
+        import polars as pl
+
+        with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60):
+            click.echo(df)
