@@ -75,5 +75,29 @@ class ScreenConfigError(InputError):
     """The screen description (``screen.yaml``) is missing or invalid."""
 
 
+class DuplicateFieldError(ManifestError):
+    """Two or more manifest rows describe the same field of view (same ``FIELD_KEY``)."""
+
+
+class PathEscapeError(ManifestError):
+    """A manifest path points outside the screen root (the manifest's folder)."""
+
+
+class ImageShapeError(ImageReadError):
+    """An image has the wrong dimensionality, or its per-channel files disagree in size."""
+
+
+class UnsupportedDtypeError(ImageReadError):
+    """An image's pixel type is not one cellrep reads (uint8, uint16, float32)."""
+
+
+class BlankImageError(ImageReadError):
+    """Every requested channel of an image is constant: nothing was imaged."""
+
+
+class UnknownScreenError(CellrepError, LookupError):
+    """No screen is registered under the requested dataset name."""
+
+
 class ReferenceDataError(CellrepError):
     """Reference annotations could not be found or parsed."""
