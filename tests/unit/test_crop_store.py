@@ -1,0 +1,96 @@
+"""Crop store: batched writes, reads by index, attributes, many reader processes."""
+
+import multiprocessing
+import pickle
+
+import numpy as np
+import pytest
+
+from cellrep_ml.io.crop_store import CROP_STORE_SCHEMA_VERSION, CropStore, CropStoreWriter
+
+
+def _crops(n, shape=(2, 8, 8), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, *shape)).astype(np.float32)
+
+
+def _write(path, batches, shape=(2, 8, 8), chunk_cells=4):
+    images = [_crops(n, shape, seed=i) for i, n in enumerate(batches)]
+    masks = [(x[:, 0] > 0.5).astype(np.uint8) for x in images]
+    with CropStoreWriter(path, channel_names=["GFP", "DAPI"][: shape[0]],
+                         crop_shape=shape[1:], chunk_cells=chunk_cells,
+                         attrs={"crop_size": 8}) as w:
+        for i, (x, m) in enumerate(zip(images, masks, strict=True)):
+            w.append(x, m, padded=np.full(len(x), i == 1))
+    return np.concatenate(images), np.concatenate(masks)
+
+
+def test_round_trip_uneven_batches(tmp_path):
+    path = tmp_path / "crops.zarr"
+    images, masks = _write(path, [3, 5, 0, 9, 1])  # 18 cells, chunks of 4: last chunk partial
+    store = CropStore.open(path)
+    assert len(store) == 18 and store.shape == (18, 2, 8, 8)
+    assert store.channel_names == ["GFP", "DAPI"]
+    assert store.attrs["crop_size"] == 8 and store.attrs["n_cells"] == 18
+    assert store.attrs["schema_version"] == CROP_STORE_SCHEMA_VERSION
+    got = store[np.arange(18)]
+    assert got.dtype == np.float16
+    # float16 keeps [0, 1] values to within 2^-11 relative.
+    np.testing.assert_allclose(got, images, atol=5e-4)
+    np.testing.assert_array_equal(store.masks(np.arange(18)), masks)
+    assert store.padded().tolist() == [False] * 3 + [True] * 5 + [False] * 10
+
+
+def test_indexing_forms(tmp_path):
+    path = tmp_path / "crops.zarr"
+    images, _ = _write(path, [10])
+    store = CropStore.open(path)
+    np.testing.assert_allclose(store[4], images[4], atol=5e-4)
+    np.testing.assert_allclose(store[-1], images[-1], atol=5e-4)
+    idx = [7, 2, 7, 0]  # unsorted, with a duplicate
+    np.testing.assert_allclose(store[idx], images[idx], atol=5e-4)
+    np.testing.assert_allclose(store[2:5], images[2:5], atol=5e-4)
+    assert store[np.array([], int)].shape == (0, 2, 8, 8)
+    with pytest.raises(IndexError):
+        store[10]
+    with pytest.raises(IndexError):
+        store[[1, 10]]
+
+
+def test_3d_store(tmp_path):
+    path = tmp_path / "crops.zarr"
+    x = _crops(5, (1, 3, 6, 6))
+    with CropStoreWriter(path, channel_names=["GFP"], crop_shape=(3, 6, 6), chunk_cells=2) as w:
+        w.append(x, np.ones((5, 3, 6, 6), np.uint8))
+    store = CropStore.open(path)
+    assert store.shape == (5, 1, 3, 6, 6) and store.attrs["dims"] == 3
+    np.testing.assert_allclose(store[[4, 0]], x[[4, 0]], atol=5e-4)
+
+
+def test_writer_validates(tmp_path):
+    w = CropStoreWriter(tmp_path / "s.zarr", channel_names=["a"], crop_shape=(4, 4))
+    with pytest.raises(ValueError, match="crops of shape"):
+        w.append(np.zeros((2, 2, 4, 4)), np.zeros((2, 4, 4)))
+    with pytest.raises(ValueError, match="masks"):
+        w.append(np.zeros((2, 1, 4, 4)))
+    with pytest.raises(FileNotFoundError, match="no crop store"):
+        CropStore.open(tmp_path / "missing.zarr")
+
+
+def _read_sum(args):
+    store, idx = args
+    return float(store[idx].astype(np.float64).sum())
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_many_reader_processes(tmp_path, method):
+    path = tmp_path / "crops.zarr"
+    images, _ = _write(path, [40])
+    store = CropStore.open(path)
+    store[0]  # the parent has an open handle before the workers start
+    assert pickle.loads(pickle.dumps(store)).path == store.path
+    jobs = [(store, np.arange(i, 40, 4)) for i in range(4)]
+    expected = [float(images[j].astype(np.float16).astype(np.float64).sum()) for _, j in jobs]
+    with multiprocessing.get_context(method).Pool(2) as pool:
+        got = pool.map(_read_sum, jobs)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
