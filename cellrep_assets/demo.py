@@ -31,7 +31,7 @@ def _instance(home: Path) -> dg.DagsterInstance:
 
 
 def _simulate(home: Path, name: str, preset: str, proteins: int, lines: int, fields: int,
-              seed: int) -> Path:
+              seed: int, field_size: int | None = None) -> Path:
     from cellrep_ml.simulate import simulate_screen
 
     out = home / "demo" / name
@@ -40,11 +40,12 @@ def _simulate(home: Path, name: str, preset: str, proteins: int, lines: int, fie
         return out
     click.echo(f"simulating {preset}: {proteins} proteins x {lines} cell lines x {fields} fields")
     simulate_screen(preset, out, n_proteins=proteins, n_cell_lines=lines,
-                    fields_per_protein=fields, seed=seed, progress=True)
+                    fields_per_protein=fields, seed=seed, field_size=field_size, progress=True)
     return out
 
 
-def run_demo(home: Path, *, seed: int = 0) -> list[dict]:
+def run_demo(home: Path, *, seed: int = 0, screens: dict | None = None,
+             field_size: int | None = None) -> list[dict]:
     """Simulate the demo screens, register them, materialize every partition; return a summary."""
     from cellrep_assets.definitions import defs
     from cellrep_assets.partitions import cell_line_partitions, dataset_partitions, screen_key
@@ -54,8 +55,8 @@ def run_demo(home: Path, *, seed: int = 0) -> list[dict]:
     instance = _instance(home)
     job = defs.resolve_job_def("screen_job")
     summary = []
-    for name, (preset, proteins, lines, fields) in DEMO_SCREENS.items():
-        screen = _simulate(home, name, preset, proteins, lines, fields, seed)
+    for name, (preset, proteins, lines, fields) in (screens or DEMO_SCREENS).items():
+        screen = _simulate(home, name, preset, proteins, lines, fields, seed, field_size)
         record = register_screen(screen / "manifest.csv", home=home)
         dataset_key = partition_key(record.dataset)
         line_keys = {partition_key(c): c for c in record.cell_lines}

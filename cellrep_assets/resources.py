@@ -1,6 +1,5 @@
 """Resources shared by every domain."""
 
-from __future__ import annotations
 
 from pathlib import Path
 

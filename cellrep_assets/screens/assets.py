@@ -1,6 +1,8 @@
 """raw_screen and cell_crops: one (dataset, cell line) partition each."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Dagster reads the Config and resource
+# annotations of asset functions at definition time and cannot resolve them as strings.
+
 
 import hashlib
 from collections.abc import Iterator
@@ -165,7 +167,6 @@ def cell_crops(context: dg.AssetExecutionContext, config: CellCropsConfig, home:
 screen_job = dg.define_asset_job(
     "screen_job",
     selection=dg.AssetSelection.assets(raw_screen, cell_crops),
-    partitions_def=screen_partitions,
     description="Ingest and crop one dataset × cell line.",
 )
 

@@ -1,6 +1,5 @@
 """The inbox sensor: a new screen adds partitions and requests its runs, exactly once."""
 
-from __future__ import annotations
 
 import dagster as dg
 
