@@ -26,7 +26,13 @@ DEMO_SCREENS = {
 
 def _instance(home: Path) -> dg.DagsterInstance:
     os.environ.setdefault("DAGSTER_HOME", str(dagster_home(home)))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    instance_home = Path(os.environ["DAGSTER_HOME"])
+    instance_home.mkdir(parents=True, exist_ok=True)
+    config = instance_home / "dagster.yaml"
+    if not config.exists():
+        # The embedded instance: SQLite storage under DAGSTER_HOME (Dagster's default);
+        # telemetry off because our machines reach no outside host.
+        config.write_text("telemetry:\n  enabled: false\n")
     return dg.DagsterInstance.get()
 
 
@@ -68,6 +74,7 @@ def run_demo(home: Path, *, seed: int = 0, screens: dict | None = None,
                 partition_key=screen_key(dataset_key, key),
                 instance=instance,
                 resources={"home": DataHome(root=str(home))},
+                run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
                 raise_on_error=False,
             )
             cells = crops_dir(record.dataset, cell_line, home) / "cells.parquet"

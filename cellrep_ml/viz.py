@@ -76,8 +76,9 @@ def crop_gallery(
     """
     names = list(groups)
     n_rows, n_cols = max(len(names), 1), per_group
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.2 * n_cols + 1.6, 1.2 * n_rows),
-                             squeeze=False)
+    # Constrained layout keeps the title snug above the grid whatever the number of rows.
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.2 * n_cols + 1.6, 1.2 * n_rows + 0.4),
+                             squeeze=False, layout="constrained")
     for r, name in enumerate(names):
         crops = groups[name][:per_group]
         for c in range(n_cols):

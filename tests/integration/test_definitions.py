@@ -42,6 +42,6 @@ def test_demo_materializes_into_persistent_instance(tmp_path, monkeypatch):
     # The SQL entry point sees the cells.
     from cellrep_ml.cli.sql import connect
 
-    n = connect(home).sql("SELECT count(*) FROM cells").fetchone()[0]
+    n = connect(home).execute("SELECT count(*) FROM cells").fetchone()[0]
     assert n == sum(row["cells"] for row in summary)
     assert pl.read_parquet(next(home.glob("crops/*/*/cells.parquet"))).height > 0

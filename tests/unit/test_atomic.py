@@ -6,6 +6,8 @@ from cellrep_ml.io.atomic import atomic_path, write_parquet_atomic
 
 
 def test_file_replaced_only_on_success(tmp_path):
+    tmp_path = tmp_path / "out"
+    tmp_path.mkdir()
     target = tmp_path / "t.txt"
     target.write_text("old")
     with pytest.raises(RuntimeError), atomic_path(target) as tmp:
@@ -19,6 +21,8 @@ def test_file_replaced_only_on_success(tmp_path):
 
 
 def test_directory_swap(tmp_path):
+    tmp_path = tmp_path / "out"
+    tmp_path.mkdir()
     target = tmp_path / "store.zarr"
     target.mkdir()
     (target / "a").write_text("old")
