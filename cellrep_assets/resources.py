@@ -19,5 +19,7 @@ class DataHome(dg.ConfigurableResource):
 
 
 def default_resources() -> dict[str, object]:
-    """Resources of the embedded (local) environment."""
-    return {"home": DataHome()}
+    """Resources of the embedded (local) environment: data home, subprocess training."""
+    from cellrep_assets.training.launcher import TrainingLauncher
+
+    return {"home": DataHome(), "launcher": TrainingLauncher()}

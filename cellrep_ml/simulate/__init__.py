@@ -17,6 +17,7 @@ from cellrep_ml.simulate.catalog import (
     build_catalog,
     catalog_frame,
     gene_compartments,
+    localization_labels,
     make_controls,
 )
 from cellrep_ml.simulate.geometry import FieldGeometry, grow_cells
@@ -55,6 +56,7 @@ __all__ = [
     "gene_compartments",
     "get_preset",
     "grow_cells",
+    "localization_labels",
     "make_controls",
     "read_manifest",
     "render_field",

@@ -166,6 +166,37 @@ def gene_compartments(cc: set[str], dominated: dict[str, set[str]],
     return kept[:MAX_COMPARTMENTS]
 
 
+def _compartments_by_gene(reference: ReferenceLike) -> dict[str, list[str]]:
+    """gene → its localization patterns (most specific first), for genes with any."""
+    dominated = _dominated(reference.go_edges)
+    genes = reference.genes_with_cc()
+    cc = {g: reference.cc_terms(g, propagated=True) for g in genes}
+    counts = {p: sum(1 for g in genes if cc[g].intersection(ids)) for p, ids in PATTERN_GO.items()}
+    specificity = sorted(PATTERN_GO, key=lambda p: (counts[p], p))
+    comps = {g: gene_compartments(cc[g], dominated, specificity) for g in genes}
+    return {g: c for g, c in comps.items() if c}
+
+
+def localization_labels(reference: ReferenceLike, proteins: list[str] | None = None) -> pl.DataFrame:
+    """Protein-level localization classes from GO CC annotations, for supervised methods.
+
+    The class of a protein is its most specific localization pattern (the same mapping
+    of propagated GO CC terms the simulator renders from), so labels come from real
+    annotations, never from a screen's ground truth. Multi-localized proteins take their
+    most specific pattern; proteins with no mapped CC term are left out.
+
+    Returns
+    -------
+    polars.DataFrame
+        Columns ``protein``, ``label``, ``n_compartments``.
+    """
+    comps = _compartments_by_gene(reference)
+    wanted = comps if proteins is None else [p for p in proteins if p in comps]
+    rows = [(p, comps[p][0], len(comps[p])) for p in sorted(set(wanted))]
+    return pl.DataFrame(rows, schema={"protein": pl.Utf8, "label": pl.Utf8,
+                                      "n_compartments": pl.Int64}, orient="row")
+
+
 def _weights(rng: np.random.Generator, k: int) -> tuple[float, ...]:
     if k == 1:
         return (1.0,)
@@ -211,13 +242,7 @@ def build_catalog(
     if n_proteins < 1:
         raise ValueError(f"n_proteins must be >= 1, got {n_proteins}")
     rng = np.random.default_rng(_stable_seed("catalog", seed))
-    dominated = _dominated(reference.go_edges)
-    genes = reference.genes_with_cc()
-    cc = {g: reference.cc_terms(g, propagated=True) for g in genes}
-    counts = {p: sum(1 for g in genes if cc[g].intersection(ids)) for p, ids in PATTERN_GO.items()}
-    specificity = sorted(PATTERN_GO, key=lambda p: (counts[p], p))
-    comps = {g: gene_compartments(cc[g], dominated, specificity) for g in genes}
-    comps = {g: c for g, c in comps.items() if c}
+    comps = _compartments_by_gene(reference)
     if not comps:
         raise ValueError("no reference gene maps to a localization pattern; "
                          f"expected CC annotations under {sorted(PATTERN_GO.values())}")

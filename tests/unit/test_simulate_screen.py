@@ -204,3 +204,13 @@ def test_cli_prints_a_summary(tmp_path):
     bad = CliRunner().invoke(main, ["simulate", "--preset", "opencell", "--cell-lines", "9",
                                     "--out", str(tmp_path / "x"), "--no-progress"])
     assert bad.exit_code != 0 and "cell lines" in bad.output
+
+
+def test_localization_labels_come_from_go_cc():
+    from cellrep_ml.annotations import load_reference
+    from cellrep_ml.simulate import localization_labels
+
+    labels = localization_labels(load_reference(), ["SEC61B", "TOMM20", "FBL", "NOT_A_GENE"])
+    got = dict(zip(labels["protein"], labels["label"], strict=True))
+    assert set(got) == {"SEC61B", "TOMM20", "FBL"}
+    assert got["SEC61B"] == "er" and got["TOMM20"] == "mitochondria" and got["FBL"] == "nucleolus"
