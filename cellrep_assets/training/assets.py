@@ -74,13 +74,12 @@ def _param_check(method: str, config: str, out: Path) -> dg.AssetCheckResult:
     from cellrep_ml.models import build
 
     resolved = json.loads((out / "config.json").read_text())
-    model_cfg = resolved["model"]
-    trained = resolved.get("n_parameters")
-    expected = sum(p.numel() for p in build(method, config, **resolved["build"]).parameters()
-                   if p.requires_grad)
+    trained = resolved["n_parameters"]
+    rebuilt = build(method, config, **resolved["build_kwargs"])
+    expected = sum(p.numel() for p in rebuilt.parameters() if p.requires_grad)
     return dg.AssetCheckResult(
         check_name="parameter_count", passed=trained == expected,
-        metadata={"trained": trained, "expected": expected, "model_config": model_cfg.get("name", config)},
+        metadata={"trained": trained, "expected": expected, "model_config": config},
     )
 
 

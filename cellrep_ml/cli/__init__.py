@@ -19,6 +19,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "crops": ("cellrep_ml.cli.crops", "Segment nuclei and write single-cell crops."),
     "reference": ("cellrep_ml.cli.reference", "Build the reference annotation snapshot."),
     "sql": ("cellrep_ml.cli.sql", "Run a read-only SQL query over the data home."),
+    "train": ("cellrep_ml.train.__main__", "Train a model on crops and register it in MLflow."),
+    "export": ("cellrep_ml.cli.export", "Export a feature table to AnnData (.h5ad) or Parquet."),
 }
 
 

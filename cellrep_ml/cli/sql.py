@@ -2,7 +2,11 @@
 
 Views over the Parquet tables of every partition (``fields``, ``quarantine``, ``cells``)
 are created in an in-memory DuckDB; the warehouse, when it exists, is attached read-only
-as ``warehouse``. Nothing is ever written.
+as ``warehouse``, and each of its tables and views gets a view of the same plain name
+(``protein_features``, ``protein_features_d256``, ``feature_partitions``, ...), so that
+``SELECT * FROM protein_features_d256`` works as ``warehouse.protein_features_d256``
+does. A Parquet view keeps its name when the warehouse has a table of the same name
+(reach that one as ``warehouse.<name>``). Nothing is ever written.
 """
 
 from __future__ import annotations
@@ -34,7 +38,17 @@ def connect(home: Path | None = None):
             con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet('{glob}', union_by_name=true)")
     warehouse = warehouse_path(home)
     if warehouse.is_file():
-        con.execute(f"ATTACH '{warehouse}' AS warehouse (READ_ONLY)")
+        from cellrep_ml.warehouse import attach_read_only
+
+        attach_read_only(con, warehouse, "warehouse")
+        taken = {view for view in VIEWS if any(home.glob(VIEWS[view]))}
+        names = con.execute("SELECT table_name FROM information_schema.tables "
+                            "WHERE table_catalog = 'warehouse' AND table_schema = 'main' "
+                            "ORDER BY table_name").fetchall()
+        for (name,) in names:
+            if name not in taken:
+                quoted = name.replace('"', '""')
+                con.execute(f'CREATE VIEW "{quoted}" AS SELECT * FROM warehouse.main."{quoted}"')
     return con
 
 
@@ -44,12 +58,17 @@ def connect(home: Path | None = None):
               show_default=True, help="Output format.")
 @click.option("--max-rows", default=50, show_default=True, help="Rows shown in table format.")
 def command(query: str, fmt: str, max_rows: int) -> None:
-    """Run a read-only SQL QUERY over the data home (views: fields, quarantine, cells)."""
+    """Run a read-only SQL QUERY over the data home.
+
+    Views: fields, quarantine, cells (Parquet) and the warehouse's tables by name
+    (cell_embeddings, protein_features, their per-length tables such as
+    protein_features_d256, and feature_partitions).
+    """
     import duckdb
 
     try:
         rel = connect().sql(query)
-    except duckdb.Error as exc:
+    except (duckdb.Error, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from exc
     if rel is None:
         return

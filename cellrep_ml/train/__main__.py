@@ -97,7 +97,7 @@ def _parse_sets(pairs: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]
 def main(method: str, config_name: str, crops: tuple[str, ...], out: str, epochs: int | None,
          batch_size: int | None, max_steps: int | None, seed: int, dataset: str | None,
          labels: str | None, sets: tuple[str, ...], resume: bool, track: bool, register: bool,
-         lr_grid: bool, progress: bool) -> None:
+         lr_grid: bool, progress: bool) -> dict:
     """Train a cellrep model on single-cell crops and log it to MLflow.
 
     \b
@@ -136,6 +136,8 @@ def main(method: str, config_name: str, crops: tuple[str, ...], out: str, epochs
                "model_name": result.model_name, "model_version": result.model_version,
                **({"best_lr": best_lr} if best_lr is not None else {})}
     click.echo(json.dumps(summary))
+    # Returned too, for callers that invoke the command in-process (the Dagster Pipes wrapper).
+    return summary
 
 
 #: The same command for the ``cellrep`` CLI (``cellrep train``), should it list this module.

@@ -391,6 +391,9 @@ def train(config: TrainConfig, *, on_step: Callable[[int, int], None] | None = N
                  **{k: v for k, v in task.summary().items() if k != "channels"}},
         "task_options": {"labels": cfg.labels},
         "seed": cfg.seed,
+        # Enough to rebuild the architecture with cellrep_ml.models.build and to check it.
+        "build_kwargs": {**task.builder_kwargs(), **cfg.model_overrides},
+        "n_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
     # Plain JSON types only (config rows may be named tuples): checkpoints then load with
     # weights_only=True, and config.json is exactly what the checkpoint holds.
