@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export CELLREP_HOME ?= $(CURDIR)/.cellrep
 export DAGSTER_HOME ?= $(CELLREP_HOME)/dagster
 
-.PHONY: install demo test test-fast lint reference bench ui clean
+.PHONY: install demo test test-fast lint reference bench ui mlflow clean
 
 # Create .venv at the repo root if missing and install the project with its test tools.
 $(STAMP): pyproject.toml
@@ -44,6 +44,11 @@ bench: install
 ui: install
 	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/dagster dev -m cellrep_assets.definitions
+
+## mlflow: the MLflow UI on the demo's tracking store and registry
+mlflow: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CELLREP_HOME)/mlflow.db \
+		--default-artifact-root $(CELLREP_HOME)/mlruns --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf $(CELLREP_HOME) .pytest_cache

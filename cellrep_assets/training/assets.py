@@ -34,6 +34,8 @@ class TrainingConfig(dg.Config):
     epochs: int = 2
     max_steps: int = 0
     """Stop after this many optimiser steps (0 = no limit)."""
+    steps_per_epoch: int = 0
+    """At most this many batches per epoch, a random subset (0 = whole epochs)."""
     batch_size: int = 0
     """0 = the configuration's batch size."""
     seed: int = 0
@@ -117,7 +119,7 @@ def build_trained_model_asset(method: str) -> dg.AssetsDefinition:
         crops = [c for c in crops if (c / "cells.parquet").is_file()]
         if not crops:
             raise dg.Failure(f"no crops for dataset {record.dataset!r}: materialize cell_crops first")
-        out = home.path / "models" / partition_key(record.dataset) / method / context.run_id
+        out = home.path / "models" / partition_key(record.dataset) / method / context.run.run_id
         args = ["--method", method, "--config", config.config, "--out", str(out),
                 "--dataset", record.dataset, "--seed", str(config.seed), "--epochs",
                 str(config.epochs), "--no-progress"]
@@ -125,6 +127,8 @@ def build_trained_model_asset(method: str) -> dg.AssetsDefinition:
             args += ["--crops", str(c)]
         if config.max_steps:
             args += ["--max-steps", str(config.max_steps)]
+        if config.steps_per_epoch:
+            args += ["--steps-per-epoch", str(config.steps_per_epoch)]
         if config.batch_size:
             args += ["--batch-size", str(config.batch_size)]
         if method == "locclf":

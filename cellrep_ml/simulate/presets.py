@@ -10,7 +10,7 @@ preset's own pixel size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cellrep_ml.io.screen_config import ChannelRoles, ScreenConfig
 
@@ -109,6 +109,8 @@ class Preset:
     psf_sigma_z: float = 1.0
     z_scale: float = 1.0
     controls: tuple[str, ...] = ()
+    # The crop options of the paper this preset imitates (``crops:`` in screen.yaml).
+    crops: dict = field(default_factory=dict)
 
     def screen_config(self, dataset: str, *, extra: dict | None = None) -> ScreenConfig:
         """The ``screen.yaml`` description of a screen simulated with this preset."""
@@ -119,7 +121,7 @@ class Preset:
             crop_size=self.crop_size,
             output_size=self.output_size,
             pixel_size_um=self.pixel_size_um,
-            extra=dict(extra or {}),
+            extra={**({"crops": dict(self.crops)} if self.crops else {}), **(extra or {})},
         )
 
     def cell_line(self, name: str) -> CellLine:
@@ -199,6 +201,8 @@ ALLEN_CONTROLS = ("ctrl-blank", "ctrl-dna", "ctrl-membrane", "ctrl-noise", "ctrl
 PRESETS: dict[str, Preset] = {
     "opencell": Preset(
         name="opencell",
+        # cytoself (Kobayashi 2021): the nuclear signed-distance channel beside the raw one.
+        crops={"nucleus_distance": True},
         roles=ChannelRoles(protein="GFP", nucleus="Hoechst", markers=(), segment_on="Hoechst"),
         channels=("GFP", "Hoechst"),
         marker_patterns={"Hoechst": "dna"},
@@ -211,6 +215,8 @@ PRESETS: dict[str, Preset] = {
     ),
     "hpa": Preset(
         name="hpa",
+        # PCI human (Lu 2019): marker channels clipped below 0.05 after min-max.
+        crops={"clip_markers_below": 0.05},
         roles=ChannelRoles(protein="protein", nucleus="nucleus",
                            markers=("microtubules", "er"), segment_on="nucleus"),
         channels=("protein", "nucleus", "microtubules", "er"),

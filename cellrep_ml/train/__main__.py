@@ -21,6 +21,7 @@ from cellrep_ml.errors import CellrepError
 
 # TrainConfig fields that have their own option and may not come through --set.
 _OWN_OPTIONS = {"method", "crops", "out", "config", "model_overrides", "epochs", "batch_size",
+                "steps_per_epoch",
                 "max_steps", "seed", "dataset", "labels", "resume", "track", "register",
                 "progress"}
 
@@ -77,6 +78,8 @@ def _parse_sets(pairs: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (default: the paper's).")
 @click.option("--max-steps", type=click.IntRange(min=1),
               help="Finish after this many optimiser steps (smoke runs).")
+@click.option("--steps-per-epoch", type=click.IntRange(min=1),
+              help="At most this many batches per epoch (a random subset of the epoch).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dataset", help="Dataset name for the model registry (default: from the cell index).")
 @click.option("--labels", type=click.Path(dir_okay=False, exists=True),
@@ -95,7 +98,7 @@ def _parse_sets(pairs: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]
                    "5e-5) into OUT/lr-<rate>/ and register the best on validation loss.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def main(method: str, config_name: str, crops: tuple[str, ...], out: str, epochs: int | None,
-         batch_size: int | None, max_steps: int | None, seed: int, dataset: str | None,
+         batch_size: int | None, max_steps: int | None, steps_per_epoch: int | None, seed: int, dataset: str | None,
          labels: str | None, sets: tuple[str, ...], resume: bool, track: bool, register: bool,
          lr_grid: bool, progress: bool) -> dict:
     """Train a cellrep model on single-cell crops and log it to MLflow.
@@ -116,7 +119,8 @@ def main(method: str, config_name: str, crops: tuple[str, ...], out: str, epochs
     try:
         cfg = TrainConfig(method=method, crops=list(crops), out=out, config=config_name,
                           model_overrides=model_sets, dataset=dataset, epochs=epochs,
-                          batch_size=batch_size, max_steps=max_steps, seed=seed, labels=labels,
+                          batch_size=batch_size, max_steps=max_steps,
+                          steps_per_epoch=steps_per_epoch, seed=seed, labels=labels,
                           resume=resume, track=track, register=register, progress=progress,
                           **train_sets)
         best_lr = None

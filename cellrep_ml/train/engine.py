@@ -83,6 +83,9 @@ class TrainConfig:
         Override the paper's values.
     max_steps : int, optional
         Finish after this many optimiser steps in all (smoke runs, benchmarks).
+    steps_per_epoch : int, optional
+        Train on at most this many batches per epoch (a random subset: each epoch's plan is
+        shuffled). Demos and CI use it to see several epochs of a large screen on a CPU.
     seed : int
         Seed of initialisation and of every epoch plan.
     num_workers : int, optional
@@ -116,6 +119,7 @@ class TrainConfig:
     lr: float | None = None
     patience: int | None = None
     max_steps: int | None = None
+    steps_per_epoch: int | None = None
     seed: int = 0
     num_workers: int | None = None
     device: str = "auto"
@@ -131,7 +135,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.crops = [str(p) for p in self.crops]
-        for name in ("epochs", "batch_size", "max_steps", "checkpoint_every"):
+        for name in ("epochs", "batch_size", "max_steps", "steps_per_epoch", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise InputError(f"{name} must be a positive integer", received=str(value))
@@ -381,7 +385,8 @@ def train(config: TrainConfig, *, on_step: Callable[[int, int], None] | None = N
                       **{k: v for k, v in optimizer.defaults.items() if k in ("betas", "weight_decay")}},
         "scheduler": None if scheduler is None else type(scheduler).__name__,
         "train": {"epochs": epochs, "batch_size": batch_size, "patience": patience,
-                  "max_steps": cfg.max_steps, "restore_best": task.restore_best,
+                  "max_steps": cfg.max_steps, "steps_per_epoch": cfg.steps_per_epoch,
+                  "restore_best": task.restore_best,
                   "num_workers": workers, "device": str(device),
                   "amp": bool(gpu and cfg.amp), "channels_last": channels_last,
                   "compile": bool(gpu and cfg.compile)},
@@ -448,6 +453,8 @@ def train(config: TrainConfig, *, on_step: Callable[[int, int], None] | None = N
             # --- one epoch of training, from where the last run stopped ----------------------
             plan = task.epoch_plan("train", epoch)
             slices = batch_slices(_n_examples(plan), batch_size, train=True)
+            if cfg.steps_per_epoch is not None:
+                slices = slices[:cfg.steps_per_epoch]
             if not slices:
                 raise InputError("no training examples", path=data.partitions[0].path,
                                  expected="cells with split 'train'")

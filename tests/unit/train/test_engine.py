@@ -240,3 +240,12 @@ def test_worker_processes_change_nothing(partitions, tmp_path, uninterrupted):
     result = train(_config(partitions, tmp_path / "workers", num_workers=2))
     ref_w, w = _weights(uninterrupted.out), _weights(result.out)
     assert all(torch.equal(ref_w[k], w[k]) for k in ref_w)
+
+
+def test_steps_per_epoch_caps_each_epoch(partitions, tmp_path):
+    cfg = TrainConfig(method="pci", crops=partitions, out=str(tmp_path / "run"), config="tiny",
+                      model_overrides=SMALL_PCI, epochs=3, batch_size=4, steps_per_epoch=2,
+                      track=False, progress=False)
+    result = train(cfg)
+    assert result.epochs_done == 3 and result.steps == 6
+    assert [h["step"] for h in result.history] == [2, 4, 6]
