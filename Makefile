@@ -35,10 +35,12 @@ lint: install
 reference: install
 	$(BIN)/cellrep reference build
 
-## bench: throughput tables (simulator, crop extraction)
+## bench: throughput tables (simulator, crop extraction, training, features)
 bench: install
 	$(BIN)/python bench/simulate.py
 	$(BIN)/python bench/crops.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/features.py
 
 ## ui: the Dagster UI on the demo's instance
 ui: install

@@ -93,7 +93,8 @@ class TrainConfig:
     device : str
         ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
     amp, channels_last, compile : bool
-        GPU only: bf16 autocast, channels-last memory format, ``torch.compile``.
+        bf16 autocast and ``torch.compile`` (GPU only); channels-last memory format of 2D
+        models (CPU and GPU).
     labels : str, optional
         Task input: the protein → localization table for ``locclf``.
     resume : bool
@@ -368,7 +369,9 @@ def train(config: TrainConfig, *, on_step: Callable[[int, int], None] | None = N
     patience = cfg.patience or task.patience()
     model.to(device)
     # Channels-last is a 4-D (2D image) layout; 3D models keep the default.
-    channels_last = gpu and cfg.channels_last and len(task.input_shape or ()) == 2
+    # Channels-last on CPU too: oneDNN's convolutions run ~1.4x faster that way here
+    # (PCI paper model, 2 cores: 6.8 vs 5.0 pairs/s); 2D models only.
+    channels_last = cfg.channels_last and len(task.input_shape or ()) == 2
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = task.optimizer(model, cfg.lr)
