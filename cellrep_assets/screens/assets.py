@@ -41,17 +41,23 @@ class CellCropsConfig(dg.Config):
     """Blocking check: fail when QC rejects more of the segmented cells than this."""
 
 
-def _cell_line_of(record: ScreenRecord, cell_line_key: str) -> str | None:
-    """The manifest's cell-line name behind a partition key, or None if the screen has none."""
+def _partition_screen(context: dg.AssetExecutionContext, home: DataHome,
+                      ) -> tuple[ScreenRecord, str | None]:
+    """The screen of this partition and its cell-line name (None if the screen has none)."""
+    dataset_key, cell_line_key = split_key(context)
+    record = get_screen(dataset_key, home=home.path)
     names = {partition_key(name): name for name in record.cell_lines}
-    return names.get(cell_line_key)
+    return record, names.get(cell_line_key)
 
 
-def _not_applicable(check_names: list[str], asset: str, why: str) -> Iterator[dg.AssetCheckResult]:
+def _not_applicable(context: dg.AssetExecutionContext, record: ScreenRecord,
+                    specs: list[dg.AssetCheckSpec]) -> Iterator[dg.AssetCheckResult]:
     # A dataset × cell-line combination that the screen does not contain: nothing is
     # materialized; the checks say why instead of pretending to have checked data.
-    for name in check_names:
-        yield dg.AssetCheckResult(asset_key=asset, check_name=name, passed=True,
+    why = f"screen {record.dataset!r} has no cell line {split_key(context)[1]!r}"
+    context.log.info(f"{why}; nothing to materialize")
+    for spec in specs:
+        yield dg.AssetCheckResult(asset_key=spec.asset_key, check_name=spec.name, passed=True,
                                   metadata={"not_applicable": why})
 
 
@@ -67,13 +73,9 @@ def _not_applicable(check_names: list[str], asset: str, why: str) -> Iterator[dg
 )
 def raw_screen(context: dg.AssetExecutionContext, config: RawScreenConfig, home: DataHome):
     """Validated field index of one dataset × cell line; bad fields quarantined with their reason."""
-    dataset_key, cell_line_key = split_key(context)
-    record = get_screen(dataset_key, home=home.path)
-    cell_line = _cell_line_of(record, cell_line_key)
+    record, cell_line = _partition_screen(context, home)
     if cell_line is None:
-        why = f"screen {record.dataset!r} has no cell line {cell_line_key!r}"
-        context.log.info(f"{why}; nothing to materialize")
-        yield from _not_applicable([c.name for c in checks.RAW_SCREEN_CHECKS], "raw_screen", why)
+        yield from _not_applicable(context, record, checks.RAW_SCREEN_CHECKS)
         return
 
     screen = ScreenConfig.read(record.config_path)
@@ -124,12 +126,9 @@ def raw_screen(context: dg.AssetExecutionContext, config: RawScreenConfig, home:
 )
 def cell_crops(context: dg.AssetExecutionContext, config: CellCropsConfig, home: DataHome):
     """Segmented, QC-filtered single-cell crops (Zarr) with their cell index (Parquet)."""
-    dataset_key, cell_line_key = split_key(context)
-    record = get_screen(dataset_key, home=home.path)
-    cell_line = _cell_line_of(record, cell_line_key)
+    record, cell_line = _partition_screen(context, home)
     if cell_line is None:
-        why = f"screen {record.dataset!r} has no cell line {cell_line_key!r}"
-        yield from _not_applicable([c.name for c in checks.CELL_CROPS_CHECKS], "cell_crops", why)
+        yield from _not_applicable(context, record, checks.CELL_CROPS_CHECKS)
         return
 
     screen = ScreenConfig.read(record.config_path)

@@ -6,7 +6,7 @@ target cell's protein channel(s) from both. The pretext task forces the source e
 describe where the protein sits relative to the cell's structures, and its max-pooled
 activations are the single-cell features the paper evaluates.
 
-Layers follow the authors' released code (``/work/shared/papers/IMPLEMENTATION_NOTES.md``):
+Layers follow the authors' released code (as summarised in the team's implementation notes):
 every convolution is 3×3, stride 1, same padding, **ReLU then batch norm** (Keras order);
 the decoder has no batch norm; no fully connected layers, skips or dropout. Parameter
 counts (trainable) match the code exactly: 7,320,609 for yeast (1 protein + 1 marker) and
