@@ -44,7 +44,10 @@ def test_train_through_pipes_registers_in_mlflow(cropped, method, monkeypatch):
 
     home, instance, dataset_key = cropped
     monkeypatch.setenv("CELLREP_HOME", str(home))
+    # Earlier tests in this worker may have pointed MLflow elsewhere; mlflow mirrors
+    # set_tracking_uri / set_registry_uri into these variables and into process globals.
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     result = dg.materialize(
         [_MODELS[method]],
         partition_key=dataset_key,
@@ -62,6 +65,7 @@ def test_train_through_pipes_registers_in_mlflow(cropped, method, monkeypatch):
               for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
     assert checks == {"losses_finite_decreasing": True, "parameter_count": True}
     # The version really is in the registry the training subprocess wrote to.
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     version = client.get_model_version(f"cellrep-sim-opencell-{method}", meta["model_version"].value)
     assert version.run_id == meta["mlflow_run_id"].value
