@@ -85,7 +85,7 @@ def synthetic_partition(root: Path, method: str, shape: tuple[int, int], n_cells
 
 
 def run_one(method: str, config: str, steps: int, warmup: int, batch: int | None,
-            workers: int) -> dict:
+            workers: int, cpu_amp: bool = False) -> dict:
     """Train ``warmup + steps`` steps through the engine and time the last ``steps``; then
     the same steps in a bare loop on one preloaded batch (the model's own cost).
 
@@ -113,7 +113,7 @@ def run_one(method: str, config: str, steps: int, warmup: int, batch: int | None
 
         cfg = TrainConfig(method=method, config=config, crops=[str(part)], out=str(tmp / "run"),
                           batch_size=bs, max_steps=steps + warmup, epochs=1, num_workers=workers,
-                          track=False, progress=False, labels=labels)
+                          track=False, progress=False, labels=labels, cpu_amp=cpu_amp)
         train(cfg, on_step=stamp)
         engine_wall = np.diff(wall[warmup - 1:] if warmup else wall)
         engine_cpu = np.diff(cpu[warmup - 1:] if warmup else cpu)
@@ -133,7 +133,9 @@ def run_one(method: str, config: str, steps: int, warmup: int, batch: int | None
         for k in range(steps + warmup):
             c0 = time.process_time()
             optimizer.zero_grad(set_to_none=True)
-            model.compute_loss(data)["loss"].backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_amp):
+                loss = model.compute_loss(data)["loss"]
+            loss.backward()
             optimizer.step()
             if k >= warmup:
                 bare_cpu.append(time.process_time() - c0)
@@ -161,16 +163,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, help="override the papers' batch sizes")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument("--cpu-amp", action="store_true",
+                        help="bf16 autocast on the CPU (TrainConfig.cpu_amp)")
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.one:
-        row = run_one(*args.one, args.steps, args.warmup, args.batch, args.workers)
+        row = run_one(*args.one, args.steps, args.warmup, args.batch, args.workers, args.cpu_amp)
         print(json.dumps(row))
         return
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} CPUs, DataLoader workers {args.workers}")
+          f"{os.cpu_count()} CPUs, DataLoader workers {args.workers}, "
+          f"precision {'bf16 autocast' if args.cpu_amp else 'fp32'}")
     header = (f"{'method':<10}{'config':<7}{'batch':>6}{'crop':>9}{'params(M)':>10}{'step(s)':>9}"
               f"{'ex/s':>8}{'crops/s':>9}{'ex/s@cpu':>10}{'bare@cpu':>10}{'read ms':>9}"
               f"{'RSS(MiB)':>10}{'load':>6}")
@@ -182,6 +187,8 @@ def main() -> None:
                    "--warmup", str(args.warmup), "--workers", str(args.workers)]
             if args.batch:
                 cmd += ["--batch", str(args.batch)]
+            if args.cpu_amp:
+                cmd += ["--cpu-amp"]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode:
                 last = (proc.stderr.strip().splitlines() or ["?"])[-1]

@@ -39,6 +39,8 @@ class TrainingConfig(dg.Config):
     batch_size: int = 0
     """0 = the configuration's batch size."""
     seed: int = 0
+    cpu_amp: bool = False
+    """bf16 autocast on CPUs with native bf16 (about 2× faster; fp32 is exactly reproducible)."""
 
 
 def _checks(method: str) -> list[dg.AssetCheckSpec]:
@@ -131,6 +133,8 @@ def build_trained_model_asset(method: str) -> dg.AssetsDefinition:
             args += ["--steps-per-epoch", str(config.steps_per_epoch)]
         if config.batch_size:
             args += ["--batch-size", str(config.batch_size)]
+        if config.cpu_amp:
+            args += ["--set", "cpu_amp=true"]
         if method == "locclf":
             proteins = pl.concat([pl.read_parquet(c / "cells.parquet", columns=["protein"])
                                   for c in crops])["protein"].unique().to_list()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -249,3 +250,23 @@ def test_steps_per_epoch_caps_each_epoch(partitions, tmp_path):
     result = train(cfg)
     assert result.epochs_done == 3 and result.steps == 6
     assert [h["step"] for h in result.history] == [2, 4, 6]
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                    reason="this CPU has no native bf16 (AVX-512 BF16 / AMX)")
+def test_cpu_amp_trains_in_bf16_and_records_it(partitions, tmp_path):
+    cfg = TrainConfig(method="pci", crops=partitions, out=str(tmp_path / "run"), config="tiny",
+                      model_overrides=SMALL_PCI, epochs=2, batch_size=4, steps_per_epoch=3,
+                      track=False, progress=False, cpu_amp=True)
+    result = train(cfg)
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert resolved["train"]["amp"] is True
+    assert all(math.isfinite(h["train/loss"]) for h in result.history)
+
+
+def test_cpu_amp_off_by_default_keeps_fp32(partitions, tmp_path):
+    cfg = TrainConfig(method="pci", crops=partitions, out=str(tmp_path / "run"), config="tiny",
+                      model_overrides=SMALL_PCI, epochs=1, batch_size=4, steps_per_epoch=1,
+                      track=False, progress=False)
+    train(cfg)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["amp"] is False
