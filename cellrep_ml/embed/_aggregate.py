@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 
 from cellrep_ml.embed._groups import group_codes, group_sums
-from cellrep_ml.embed._normalize import NORMALIZATIONS
+from cellrep_ml.embed._normalize import NORMALIZATIONS, per_cell_matrix
 from cellrep_ml.embed._vectors import vector_series
 from cellrep_ml.errors import InputError
 
@@ -65,10 +65,7 @@ def protein_profiles(
         raise ValueError(f"stats must be a non-empty subset of {PROFILE_STATS}, got {stats}")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
-    x = np.asarray(embeddings)
-    if x.ndim != 2 or x.shape[0] != cells.height:
-        raise ValueError(f"embeddings of shape ({cells.height}, D) expected (one row per cell), "
-                         f"got {x.shape}")
+    x = per_cell_matrix(embeddings, cells)
     table = cells if "dataset" in cells.columns else cells.with_columns(dataset=pl.lit(None, pl.Utf8))
     if split is None:
         rows = None

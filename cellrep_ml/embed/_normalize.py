@@ -30,6 +30,15 @@ __all__ = ["MAD_SCALE", "NORMALIZATIONS", "PLATE_KEY", "normalize"]
 
 NORMALIZATIONS = ("plate", "mad", "none")
 
+
+def per_cell_matrix(embeddings: np.ndarray, cells: pl.DataFrame) -> np.ndarray:
+    """``embeddings`` as a 2-D array with one row per cell of ``cells``, or a ValueError."""
+    x = np.asarray(embeddings)
+    if x.ndim != 2 or x.shape[0] != cells.height:
+        raise ValueError(f"embeddings of shape ({cells.height}, D) expected (one row per cell), "
+                         f"got {x.shape}")
+    return x
+
 #: 1 / Φ⁻¹(3/4): turns the median absolute deviation into a normal sd estimate.
 MAD_SCALE = 1.4826
 
@@ -71,10 +80,7 @@ def normalize(
     """
     if method not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {method!r}; expected one of {NORMALIZATIONS}")
-    x = np.asarray(embeddings)
-    if x.ndim != 2 or x.shape[0] != cells.height:
-        raise ValueError(f"embeddings of shape ({cells.height}, D) expected (one row per cell), "
-                         f"got {x.shape}")
+    x = per_cell_matrix(embeddings, cells)
     if method == "none":
         return np.asarray(x, np.float32)
     if "plate" not in cells.columns:
