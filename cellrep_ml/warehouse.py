@@ -91,6 +91,8 @@ __all__ = [
     "nearest_proteins_sql",
     "protein_feature_frame",
     "read_features",
+    "read_table",
+    "replace_partition",
     "table_name",
     "write_cell_embeddings",
     "write_protein_features",
@@ -437,6 +439,81 @@ def write_protein_features(frame: pl.DataFrame, *, path: str | Path | None = Non
     is replaced as a whole (all its statistics and normalisations). Returns rows written.
     """
     return _write(frame, "protein_features", path, timeout)
+
+
+# ----------------------------------------------------------------------------- result tables
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def _check_identifier(name: str, what: str) -> None:
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"{what} {name!r} is not a plain lower-case SQL identifier")
+
+
+def replace_partition(table: str, frame: pl.DataFrame, partition: dict[str, object], *,
+                      path: str | Path | None = None, timeout: float = 60.0) -> int:
+    """Replace one partition of a results table (evaluations, clusters, ...) by ``frame``.
+
+    The rows of ``table`` whose ``partition`` columns equal its values are deleted and
+    ``frame`` inserted, in one transaction under the writer lock: readers see the old rows
+    or the new ones. The table is created from ``frame``'s schema on first write; columns
+    are matched by name afterwards, so a frame lacking a table column fails loudly.
+
+    Parameters
+    ----------
+    table : str
+        Table name, a plain identifier (``evaluation_results``, ``protein_clusters``, ...).
+    frame : pl.DataFrame
+        The partition's new rows (may be empty: the partition is then cleared). Every
+        ``partition`` column must be present and hold only the partition's value.
+    partition : dict
+        Column → value naming the partition, e.g. ``{"dataset": "opencell",
+        "model_name": "pci"}``.
+
+    Returns
+    -------
+    int
+        Rows written.
+    """
+    _check_identifier(table, "table")
+    if not partition:
+        raise ValueError("partition must name at least one column")
+    for col, value in partition.items():
+        _check_identifier(col, "partition column")
+        if col not in frame.columns:
+            raise ValueError(f"{table}: the frame lacks partition column {col!r}")
+        other = frame.filter(pl.col(col) != value).height if frame.height else 0
+        if other:
+            raise ValueError(f"{table}: {other} rows have {col} other than {value!r}")
+    where = " AND ".join(f"{c} = ${c}" for c in partition)
+    with writer(path, timeout=timeout) as con:
+        con.register("_incoming", frame.to_arrow())
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM _incoming LIMIT 0")
+            con.execute(f"DELETE FROM {table} WHERE {where}", dict(partition))
+            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.unregister("_incoming")
+    return frame.height
+
+
+def read_table(query_or_table: str, params: dict[str, object] | None = None, *,
+               path: str | Path | None = None) -> pl.DataFrame:
+    """A table name or a SELECT over the warehouse, read-only, as a polars frame."""
+    sql = query_or_table
+    if _IDENTIFIER.match(query_or_table):
+        sql = f"SELECT * FROM {query_or_table}"
+    con = connect(path)
+    try:
+        return pl.from_arrow(con.sql(sql, params=params).to_arrow_table())
+    finally:
+        con.close()
 
 
 # ----------------------------------------------------------------------------- reading

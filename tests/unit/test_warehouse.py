@@ -275,3 +275,39 @@ def test_nearest_proteins_refuses_an_ambiguous_profile():
     assert top["protein"].to_list() == neighbours[:3]
     with pytest.raises(LookupError, match="protein 'NOPE' has no mean profile"):
         wh.nearest_proteins("NOPE", model_name="pci", normalization="plate")
+
+
+def _results(dataset: str, method: str, values: list[float]) -> pl.DataFrame:
+    return pl.DataFrame({"dataset": dataset, "method": method,
+                         "metric": [f"m{i}" for i in range(len(values))], "value": values})
+
+
+def test_replace_partition_swaps_only_that_partition():
+    wh.replace_partition("evaluation_results", _results("a", "pci", [0.1, 0.2]),
+                         {"dataset": "a", "method": "pci"})
+    wh.replace_partition("evaluation_results", _results("b", "pci", [0.3]),
+                         {"dataset": "b", "method": "pci"})
+    wh.replace_partition("evaluation_results", _results("a", "pci", [0.9]),
+                         {"dataset": "a", "method": "pci"})
+    rows = wh.read_table("SELECT dataset, value FROM evaluation_results ORDER BY dataset")
+    assert rows.rows() == [("a", pytest.approx(0.9)), ("b", pytest.approx(0.3))]
+    # An empty frame clears the partition (a re-run that found nothing to score).
+    wh.replace_partition("evaluation_results", _results("a", "pci", [])
+                         .cast({"value": pl.Float64}), {"dataset": "a", "method": "pci"})
+    assert wh.read_table("evaluation_results")["dataset"].to_list() == ["b"]
+
+
+def test_replace_partition_rejects_rows_of_another_partition_and_keeps_the_old():
+    wh.replace_partition("evaluation_results", _results("a", "pci", [0.5]),
+                         {"dataset": "a", "method": "pci"})
+    with pytest.raises(ValueError, match="rows have dataset other than 'a'"):
+        wh.replace_partition("evaluation_results", _results("b", "pci", [0.1]),
+                             {"dataset": "a", "method": "pci"})
+    with pytest.raises(ValueError, match="identifier"):
+        wh.replace_partition("results; drop table x", _results("a", "pci", [0.1]),
+                             {"dataset": "a"})
+    # A frame lacking a column of the table fails inside the transaction: old rows stay.
+    with pytest.raises(duckdb.Error):
+        wh.replace_partition("evaluation_results", _results("a", "pci", [0.7]).drop("metric")
+                             .with_columns(extra=pl.lit(1)), {"dataset": "a", "method": "pci"})
+    assert wh.read_table("evaluation_results")["value"].to_list() == [0.5]
