@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import dagster as dg
 
+from cellrep_assets.features import (
+    automation_sensor,
+    cell_embeddings,
+    champion_sensor,
+    champions,
+    nightly_reembedding,
+    protein_features,
+)
 from cellrep_assets.resources import default_resources
 from cellrep_assets.screens import cell_crops, inbox_sensor, raw_screen, screen_job
 from cellrep_assets.training import trained_models
 
 defs = dg.Definitions(
-    assets=[raw_screen, cell_crops, *trained_models],
+    assets=[raw_screen, cell_crops, *trained_models, *champions, *cell_embeddings,
+            *protein_features],
     jobs=[screen_job],
-    sensors=[inbox_sensor],
+    schedules=[nightly_reembedding],
+    sensors=[inbox_sensor, champion_sensor, automation_sensor],
     resources=default_resources(),
 )

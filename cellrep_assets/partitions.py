@@ -17,6 +17,11 @@ screen_partitions = dg.MultiPartitionsDefinition(
 )
 
 
+#: A dataset-partitioned asset and a dataset × cell-line one: each dataset partition
+#: corresponds to every cell line of that dataset (both directions).
+BY_DATASET = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
+
+
 def screen_key(dataset_key: str, cell_line_key: str) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({"dataset": dataset_key, "cell_line": cell_line_key})
 

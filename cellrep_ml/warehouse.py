@@ -87,6 +87,7 @@ __all__ = [
     "attach_read_only",
     "cell_embedding_frame",
     "connect",
+    "latest_version",
     "nearest_proteins",
     "nearest_proteins_sql",
     "protein_feature_frame",
@@ -237,6 +238,39 @@ def writer(path: str | Path | None = None, *,
             yield con
         finally:
             con.close()
+    finally:
+        os.close(fd)  # releases the flock
+
+
+@contextlib.contextmanager
+def exclusive(path: str | Path | None = None, *, timeout: float = 600.0) -> Iterator[Path]:
+    """Hold the writers' sidecar lock without opening the database, for an outside writer.
+
+    A process that writes the warehouse through its own DuckDB connection (``dbt build``
+    of ``dbt_go``) holds this lock meanwhile, so no :func:`writer` starts mid-build.
+    Yields the warehouse path.
+
+    Raises
+    ------
+    TimeoutError
+        If another writer held the lock longer than ``timeout`` seconds.
+    """
+    path = Path(path) if path is not None else warehouse_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"another process is writing the warehouse {path} "
+                                       f"(lock {lock} held for {timeout:.0f} s)") from None
+                time.sleep(0.05)
+        yield path
     finally:
         os.close(fd)  # releases the flock
 
@@ -543,6 +577,22 @@ def _resolve(con: duckdb.DuckDBPyConnection, kind: Kind, model_name: str,
         raise LookupError(f"{kind} of {model_name!r} version {version!r} span tables {tables} "
                           "(vectors of several lengths); pick a dataset")
     return version, tables[0]
+
+
+def latest_version(kind: Kind, *, model_name: str, dataset: str | None = None,
+                   path: str | Path | None = None) -> str:
+    """The model version whose ``kind`` rows (of ``dataset``) were written most recently.
+
+    Raises
+    ------
+    LookupError
+        If the warehouse holds none.
+    """
+    con = connect(path)
+    try:
+        return _resolve(con, kind, model_name, None, dataset)[0]
+    finally:
+        con.close()
 
 
 def read_features(

@@ -41,7 +41,7 @@ class CellCropsConfig(dg.Config):
     """Blocking check: fail when QC rejects more of the segmented cells than this."""
 
 
-def _partition_screen(context: dg.AssetExecutionContext, home: DataHome,
+def partition_screen(context: dg.AssetExecutionContext, home: DataHome,
                       ) -> tuple[ScreenRecord, str | None]:
     """The screen of this partition and its cell-line name (None if the screen has none)."""
     dataset_key, cell_line_key = split_key(context)
@@ -73,7 +73,7 @@ def _not_applicable(context: dg.AssetExecutionContext, record: ScreenRecord,
 )
 def raw_screen(context: dg.AssetExecutionContext, config: RawScreenConfig, home: DataHome):
     """Validated field index of one dataset × cell line; bad fields quarantined with their reason."""
-    record, cell_line = _partition_screen(context, home)
+    record, cell_line = partition_screen(context, home)
     if cell_line is None:
         yield from _not_applicable(context, record, checks.RAW_SCREEN_CHECKS)
         return
@@ -126,7 +126,7 @@ def raw_screen(context: dg.AssetExecutionContext, config: RawScreenConfig, home:
 )
 def cell_crops(context: dg.AssetExecutionContext, config: CellCropsConfig, home: DataHome):
     """Segmented, QC-filtered single-cell crops (Zarr) with their cell index (Parquet)."""
-    record, cell_line = _partition_screen(context, home)
+    record, cell_line = partition_screen(context, home)
     if cell_line is None:
         yield from _not_applicable(context, record, checks.CELL_CROPS_CHECKS)
         return

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from cellrep_assets.partitions import dataset_partitions
+from cellrep_assets.partitions import BY_DATASET, dataset_partitions
 from cellrep_assets.resources import DataHome
 from cellrep_assets.screens.assets import OWNERS, cell_crops
 from cellrep_assets.training.launcher import TrainingLauncher
@@ -22,10 +22,8 @@ from cellrep_ml.config import crops_dir, partition_key
 from cellrep_ml.io.atomic import write_parquet_atomic
 from cellrep_ml.io.registry import get_screen
 
-METHODS = ("pci", "cytoself", "locclf", "cbvae")
+METHODS = ("pci", "cytoself", "locclf", "cbvae", "autoencoder")
 
-# A dataset partition of a model depends on the crops of every cell line of that dataset.
-_ALL_CELL_LINES = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
 
 
 class TrainingConfig(dg.Config):
@@ -107,7 +105,7 @@ def build_trained_model_asset(method: str) -> dg.AssetsDefinition:
         name=method,
         key_prefix="trained_model",
         partitions_def=dataset_partitions,
-        deps=[dg.AssetDep(cell_crops, partition_mapping=_ALL_CELL_LINES)],
+        deps=[dg.AssetDep(cell_crops, partition_mapping=BY_DATASET)],
         group_name="models",
         kinds={"pytorch", "mlflow"},
         owners=OWNERS,

@@ -30,12 +30,14 @@ __all__ = [
     "EmbedSummary",
     "ProfileSummary",
     "best_device",
+    "classic_embeddings",
     "embed_cells",
     "embed_partition",
     "input_shape",
     "normalize",
     "profile_dataset",
     "protein_profiles",
+    "write_partition_embeddings",
     "vector_series",
     "vectors_of",
 ]
@@ -50,6 +52,8 @@ _LAZY = {
     "ProfileSummary": "cellrep_ml.embed._pipeline",
     "embed_partition": "cellrep_ml.embed._pipeline",
     "profile_dataset": "cellrep_ml.embed._pipeline",
+    "write_partition_embeddings": "cellrep_ml.embed._pipeline",
+    "classic_embeddings": "cellrep_ml.embed._classic",
 }
 
 

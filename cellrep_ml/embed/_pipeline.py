@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import torch.nn as nn
 
@@ -22,7 +23,13 @@ from cellrep_ml.embed._infer import embed_cells
 from cellrep_ml.embed._normalize import normalize
 from cellrep_ml.embed._vectors import vectors_of
 
-__all__ = ["EmbedSummary", "ProfileSummary", "embed_partition", "profile_dataset"]
+__all__ = [
+    "EmbedSummary",
+    "ProfileSummary",
+    "embed_partition",
+    "profile_dataset",
+    "write_partition_embeddings",
+]
 
 
 @dataclass(frozen=True)
@@ -95,14 +102,37 @@ def embed_partition(
     InputError
         If the partition folder is incomplete or inconsistent.
     """
-    from cellrep_ml import warehouse as wh
     from cellrep_ml.train.data import open_partition
 
     part, cells = open_partition(partition)
     t0 = time.perf_counter()
     emb = embed_cells(model, part.store_path, batch_size=batch_size, device=device, layer=layer,
                       channels=channels, precision=precision, progress=progress)
-    seconds = time.perf_counter() - t0
+    return write_partition_embeddings(
+        cells, emb, model_name=model_name, model_version=model_version,
+        normalization=normalization, seconds=time.perf_counter() - t0, warehouse=warehouse)
+
+
+def write_partition_embeddings(
+    cells: pl.DataFrame,
+    emb: np.ndarray,
+    *,
+    model_name: str,
+    model_version: str,
+    normalization: str = "plate",
+    seconds: float = 0.0,
+    warehouse: str | Path | None = None,
+) -> EmbedSummary:
+    """Normalise one partition's raw features per plate and replace its warehouse rows.
+
+    The second half of :func:`embed_partition`, for features that do not come from a
+    torch model (e.g. :func:`classic_embeddings`). ``cells`` is the partition's cell
+    index, row ``i`` describing ``emb[i]``; ``seconds`` is what computing ``emb`` took.
+    """
+    from cellrep_ml import warehouse as wh
+
+    if emb.shape[0] != cells.height:
+        raise ValueError(f"{emb.shape[0]} embeddings for {cells.height} cells")
     emb = normalize(emb, cells, normalization)
     frame = wh.cell_embedding_frame(cells, emb, model_name=model_name,
                                     model_version=model_version, normalization=normalization)

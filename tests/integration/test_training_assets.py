@@ -38,7 +38,7 @@ def cropped(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["pci", "cytoself", "locclf", "cbvae"])
+@pytest.mark.parametrize("method", ["pci", "cytoself", "locclf", "cbvae", "autoencoder"])
 def test_train_through_pipes_registers_in_mlflow(cropped, method, monkeypatch):
     import mlflow
 
