@@ -44,7 +44,7 @@ bench: install
 
 ## ui: the Dagster UI on the demo's instance
 ui: install
-	@mkdir -p $(DAGSTER_HOME)
+	@$(BIN)/python -m cellrep_assets.instance >/dev/null
 	$(BIN)/dagster dev -m cellrep_assets.definitions
 
 ## mlflow: the MLflow UI on the demo's tracking store and registry

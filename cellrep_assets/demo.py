@@ -16,6 +16,7 @@ import click
 import dagster as dg
 import polars as pl
 
+from cellrep_assets.instance import ensure_instance_config
 from cellrep_ml.config import crops_dir, dagster_home, data_home, partition_key, raw_dir
 
 DEMO_SCREENS = {
@@ -26,13 +27,8 @@ DEMO_SCREENS = {
 
 def _instance(home: Path) -> dg.DagsterInstance:
     os.environ.setdefault("DAGSTER_HOME", str(dagster_home(home)))
-    instance_home = Path(os.environ["DAGSTER_HOME"])
-    instance_home.mkdir(parents=True, exist_ok=True)
-    config = instance_home / "dagster.yaml"
-    if not config.exists():
-        # The embedded instance: SQLite storage under DAGSTER_HOME (Dagster's default);
-        # telemetry off because our machines reach no outside host.
-        config.write_text("telemetry:\n  enabled: false\n")
+    # The embedded instance: SQLite storage under DAGSTER_HOME (Dagster's default).
+    ensure_instance_config(os.environ["DAGSTER_HOME"])
     return dg.DagsterInstance.get()
 
 
