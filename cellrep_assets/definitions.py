@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from cellrep_assets.enrichment import enrichment_assets
 from cellrep_assets.features import (
     automation_sensor,
     cell_embeddings,
@@ -18,7 +19,7 @@ from cellrep_assets.training import trained_models
 
 defs = dg.Definitions(
     assets=[raw_screen, cell_crops, *trained_models, *champions, *cell_embeddings,
-            *protein_features],
+            *protein_features, *enrichment_assets],
     jobs=[screen_job],
     schedules=[nightly_reembedding],
     sensors=[inbox_sensor, champion_sensor, automation_sensor],

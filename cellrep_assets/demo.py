@@ -87,7 +87,81 @@ def run_demo(home: Path, *, seed: int = 0, screens: dict | None = None,
                        f"{'ok' if result.success else 'FAILED'} ({summary[-1]['cells']} cells)")
         if train:
             summary += _train_all(instance, home, record.dataset, dataset_key)
+            summary += _downstream(instance, home, record.dataset, dataset_key, sorted(line_keys))
+    if train:
+        summary += _unpartitioned(instance, home)
     return summary
+
+
+# Demo-sized settings of the downstream assets (their defaults are the papers' protocols).
+DEMO_EMBEDDING = {"baseline_config": "tiny"}
+
+
+def _execute(instance, home: Path, keys, partition_key: str | None, label: str,
+             run_config: dict | None = None) -> dict:
+    """Materialize ``keys`` (one partition) with the code location's assets and resources."""
+    from cellrep_assets.definitions import defs
+    from cellrep_assets.resources import DataHome
+
+    t0 = time.perf_counter()
+    result = dg.materialize(
+        list(defs.assets), selection=list(keys), partition_key=partition_key, instance=instance,
+        resources={**defs.resources, "home": DataHome(root=str(home))},
+        run_config={**(run_config or {}),
+                    "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        raise_on_error=False,
+    )
+    done = len(result.get_asset_materialization_events())
+    click.echo(f"  {label}: {'ok' if result.success else 'FAILED'} "
+               f"({done} materializations, {time.perf_counter() - t0:.0f} s)")
+    return {"step": label, "success": result.success, "materializations": done,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+_ANY = object()
+
+
+def _keys(*, prefix: str | None = None, partitions=_ANY) -> list:
+    """Materializable asset keys of the code location, by key prefix and partitioning."""
+    from cellrep_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = []
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        if not node.is_materializable or (prefix is not None and key.path[0] != prefix):
+            continue
+        if partitions is not _ANY and node.partitions_def != partitions:
+            continue
+        keys.append(key)
+    return sorted(keys, key=lambda k: k.path)
+
+
+def _downstream(instance, home: Path, dataset: str, dataset_key: str, lines: list[str]) -> list:
+    """champion → cell_embeddings (every cell line) → every dataset-level asset after them."""
+    from cellrep_assets.partitions import dataset_partitions, screen_key
+
+    rows = [_execute(instance, home, _keys(prefix="champion"), dataset_key,
+                     f"{dataset}: champion/*")]
+    embed = _keys(prefix="cell_embeddings")
+    config = {"ops": {"__".join(k.path): {"config": DEMO_EMBEDDING}
+                      for k in embed if k.path[-1] == "pci_random"}}
+    for line in lines:
+        rows.append(_execute(instance, home, embed, screen_key(dataset_key, line),
+                             f"{dataset}/{line}: cell_embeddings/*", config))
+    later = [k for k in _keys(partitions=dataset_partitions)
+             if k.path[0] not in ("trained_model", "champion")]
+    rows.append(_execute(instance, home, later, dataset_key,
+                         f"{dataset}: features, evaluations, clusters"))
+    return rows
+
+
+def _unpartitioned(instance, home: Path) -> list:
+    """Assets over every dataset: the reference tables and the dbt enrichment models."""
+    keys = _keys(partitions=None)
+    if not keys:
+        return []
+    return [_execute(instance, home, keys, None, "reference tables and GO enrichment (dbt)")]
 
 
 # Tiny models, a few short epochs: enough to see falling losses and registered versions.
@@ -131,21 +205,26 @@ def main(seed: int) -> None:
     click.echo("")
     with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         click.echo(pl.DataFrame([r for r in summary if "cell_line" in r]))
-        models = [r for r in summary if "method" in r]
-        if models:
-            click.echo(pl.DataFrame(models))
+        for kind in ("method", "step"):
+            rows = [r for r in summary if kind in r]
+            if rows:
+                click.echo(pl.DataFrame(rows))
     click.echo(f"""
 What was produced (under {home}):
   demo/<screen>/                simulated OME-TIFF fields, manifest.csv, screen.yaml, ground_truth/
   raw/<dataset>/<cell_line>/    fields.parquet (validated field index), quarantine.parquet
   crops/<dataset>/<cell_line>/  crops.zarr (single-cell crops), cells.parquet (cell index)
   models/<dataset>/<method>/    training runs (config.json, metrics.jsonl, checkpoints)
-  mlflow.db, mlruns/            MLflow tracking + registry: cellrep-<dataset>-<method>
+  mlflow.db, mlruns/            MLflow tracking + registry: cellrep-<dataset>-<method>, alias champion
+  warehouse.duckdb              cell embeddings, protein features, evaluations, leaderboard,
+                                protein clusters and GO enrichment (dbt_go), for `cellrep sql`
 
 Look at it:
   make ui                       Dagster UI at http://127.0.0.1:3000 (asset graph, galleries, QC plots)
   make mlflow                   MLflow UI at http://127.0.0.1:5000 (runs, losses, registered models)
   .venv/bin/cellrep sql "SELECT cell_line, split, count(*) AS cells FROM cells GROUP BY ALL ORDER BY ALL"
+  .venv/bin/cellrep sql "FROM feature_partitions ORDER BY kind, model_name"
+  README.md, section "SQL for users": nearest proteins, cluster members, enriched terms
 """)
     if not all(row["success"] for row in summary):
         sys.exit(1)

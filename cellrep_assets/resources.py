@@ -19,7 +19,8 @@ class DataHome(dg.ConfigurableResource):
 
 
 def default_resources() -> dict[str, object]:
-    """Resources of the embedded (local) environment: data home, subprocess training."""
+    """Resources of the embedded (local) environment: data home, subprocess training, dbt."""
+    from cellrep_assets.enrichment import dbt_resource
     from cellrep_assets.training.launcher import TrainingLauncher
 
-    return {"home": DataHome(), "launcher": TrainingLauncher()}
+    return {"home": DataHome(), "launcher": TrainingLauncher(), "dbt": dbt_resource()}

@@ -45,7 +45,9 @@ __all__ = [
     "CLUSTERS_SCHEMA",
     "ENRICHMENT_COLUMNS",
     "REFERENCE_TABLES",
+    "RECOVERY_COLUMNS",
     "benjamini_hochberg",
+    "compartment_recovery",
     "enrich",
     "hypergeom_sf",
     "load_reference_tables",
@@ -314,3 +316,99 @@ def load_reference_tables(
         con.rollback()
         raise
     return written
+
+
+#: Columns of :func:`compartment_recovery`.
+RECOVERY_COLUMNS: tuple[str, ...] = (
+    *CLUSTERING_KEY,
+    "compartment",
+    "n_proteins",  # proteins of the compartment in the clustering
+    "cluster_id",  # the cluster holding most of them
+    "n_in_cluster",
+    "cluster_size",
+    "go_id",  # the compartment's GO term found enriched in that cluster (null if none)
+    "term_rank",  # its rank among the cluster's enriched CC terms (1 = lowest FDR)
+    "fdr",
+    "recovered",
+)
+
+
+def compartment_recovery(
+    clusters: pl.DataFrame,
+    enriched: pl.DataFrame,
+    truth: pl.DataFrame,
+    compartment_terms: dict[str, tuple[str, ...]],
+    *,
+    min_proteins: int = 3,
+) -> pl.DataFrame:
+    """Whether GO enrichment of each clustering recovers the compartments proteins came from.
+
+    For a simulated screen, each protein's primary compartment (the pattern it was rendered
+    from, written by the simulator as ground truth) is compared with the clusters: a
+    compartment is *recovered* by a clustering when a cluster holding the most of its
+    proteins is enriched (a row of ``enriched_terms``, namespace CC) in one of the
+    compartment's GO terms. The simulator derives compartments from the same GO CC
+    annotations (:data:`cellrep_ml.simulate.PATTERN_GO`), so good features must recover
+    every compartment with enough proteins; random features recover none.
+
+    Parameters
+    ----------
+    clusters : pl.DataFrame
+        ``protein_clusters`` rows (:data:`CLUSTERS_SCHEMA`).
+    enriched : pl.DataFrame
+        ``enriched_terms`` rows: :data:`CLUSTERING_KEY`, ``namespace, cluster_id, go_id,
+        term_rank, fdr``.
+    truth : pl.DataFrame
+        ``protein, compartment``: the primary compartment of each simulated protein.
+    compartment_terms : dict
+        Compartment → its GO CC ids (:data:`cellrep_ml.simulate.PATTERN_GO`).
+    min_proteins : int
+        Compartments with fewer clustered proteins are left out (too few to be enriched).
+
+    Returns
+    -------
+    pl.DataFrame
+        :data:`RECOVERY_COLUMNS`, one row per clustering and compartment.
+
+    Raises
+    ------
+    ValueError
+        A column is missing, or ``truth`` names a compartment absent from ``compartment_terms``.
+    """
+    _check_columns(clusters, (*CLUSTERING_KEY, "protein", "cluster_id"), "clusters")
+    _check_columns(enriched, (*CLUSTERING_KEY, "namespace", "cluster_id", "go_id", "term_rank",
+                              "fdr"), "enriched")
+    _check_columns(truth, ("protein", "compartment"), "truth")
+    unknown = sorted(set(truth["compartment"].drop_nulls()) - set(compartment_terms))
+    if unknown:
+        raise ValueError(f"compartment_recovery: compartments {unknown} have no GO terms; "
+                         f"known: {sorted(compartment_terms)}")
+    key = list(CLUSTERING_KEY)
+    terms = pl.DataFrame(
+        [(c, t) for c, ids in compartment_terms.items() for t in ids],
+        schema={"compartment": pl.String, "go_id": pl.String}, orient="row",
+    )
+    members = clusters.select(*key, "protein", "cluster_id").join(
+        truth.select("protein", "compartment").drop_nulls(), on="protein")
+    sizes = clusters.group_by(*key, "cluster_id").agg(cluster_size=pl.len())
+    per = members.group_by(*key, "compartment").agg(n_proteins=pl.col("protein").n_unique())
+    per = per.filter(pl.col("n_proteins") >= min_proteins)
+    counts = members.group_by(*key, "compartment", "cluster_id").agg(n_in_cluster=pl.len())
+    top = counts.join(per, on=[*key, "compartment"]).filter(
+        pl.col("n_in_cluster") == pl.col("n_in_cluster").max().over(*key, "compartment"))
+    cc = (enriched.filter(pl.col("namespace") == "CC")
+          .select(*key, "cluster_id", "go_id", "term_rank", "fdr")
+          .join(terms, on="go_id"))
+    hits = (top.join(cc, on=[*key, "cluster_id", "compartment"], how="left")
+            .join(sizes, on=[*key, "cluster_id"], how="left")
+            # among tied majority clusters and several terms, the best-ranked hit
+            .sort("term_rank", nulls_last=True)
+            .group_by(*key, "compartment", maintain_order=True).first())
+    out = hits.with_columns(recovered=pl.col("go_id").is_not_null())
+    return out.select(
+        *[pl.col(c).cast(pl.String) for c in key], "compartment",
+        *[pl.col(c).cast(pl.Int64) for c in ("n_proteins", "cluster_id", "n_in_cluster",
+                                             "cluster_size")],
+        "go_id", pl.col("term_rank").cast(pl.Int64), pl.col("fdr").cast(pl.Float64),
+        "recovered",
+    ).sort(*key, "compartment")

@@ -216,21 +216,8 @@ def writer(path: str | Path | None = None, *,
     TimeoutError
         If the lock could not be taken within ``timeout``.
     """
-    path = Path(path) if path is not None else warehouse_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"another process is writing the warehouse {path} "
-                                       f"(lock {lock} held for {timeout:.0f} s)") from None
-                time.sleep(0.05)
+    deadline = time.monotonic() + timeout
+    with exclusive(path, timeout=timeout) as path:
         remaining = max(deadline - time.monotonic(), 1.0)
         con = _retry(lambda: duckdb.connect(str(path)), path, remaining)
         try:
@@ -238,8 +225,6 @@ def writer(path: str | Path | None = None, *,
             yield con
         finally:
             con.close()
-    finally:
-        os.close(fd)  # releases the flock
 
 
 @contextlib.contextmanager

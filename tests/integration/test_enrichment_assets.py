@@ -1,0 +1,167 @@
+"""Enrichment domain end to end: reference_tables → protein_clusters → dbt build of dbt_go.
+
+A simulated screen is registered (its proteins are real genes placed in compartments by
+their GO CC annotations); its protein features are planted in the warehouse: ``pci``
+profiles are a compartment centroid plus noise, ``pci_random`` profiles are noise. Then the
+Dagster assets run as in production (``dbt build`` through dagster-dbt, dbt tests as asset
+checks), and the mart ``enriched_terms`` must name each planted compartment's GO term for
+the cluster of its proteins — and not for the noise features.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+from cellrep_ml.config import partition_key, warehouse_path
+from cellrep_ml.embed import vector_series
+from cellrep_ml.io.registry import register_screen
+from cellrep_ml.simulate import PATTERN_GO, simulate_screen
+from cellrep_ml.warehouse import read_table, write_protein_features
+
+pytest.importorskip("dbt.adapters.duckdb", reason="dbt-duckdb is not installed")
+
+pytestmark = pytest.mark.slow  # two dbt builds (~30 s each on two busy cores)
+
+DATASET = "sim-enrich"
+DIM = 24
+
+
+def _features(truth: pl.DataFrame, model: str, vectors: np.ndarray) -> pl.DataFrame:
+    n = truth.height
+    return pl.DataFrame({
+        "model_name": [model] * n, "model_version": ["3"] * n, "dataset": [DATASET] * n,
+        "protein": truth["protein"], "n_cells": [20] * n, "stat": ["mean"] * n,
+        "normalization": ["plate"] * n,
+    }).with_columns(vector_series("features", vectors))
+
+
+def _term_share(truth: pl.DataFrame) -> dict[str, float]:
+    """Compartment → share of the screen's annotated proteins carrying its GO terms."""
+    from cellrep_ml.annotations import load_reference
+
+    cc = load_reference().propagated("CC").filter(pl.col("gene").is_in(truth["protein"].implode()))
+    n = cc["gene"].n_unique()
+    return {c: cc.filter(pl.col("go_id").is_in(list(ids)))["gene"].n_unique() / n
+            for c, ids in PATTERN_GO.items()}
+
+
+@pytest.fixture
+def planted_home(tmp_path):
+    """Data home with a registered simulated screen and planted protein features."""
+    home = tmp_path / "home"
+    sim = simulate_screen("opencell", tmp_path / "screen", n_proteins=120, n_cell_lines=1,
+                          fields_per_protein=1, seed=3, field_size=96, workers=1,
+                          dataset=DATASET)
+    register_screen(sim.manifest, home=home)
+    truth = (pl.read_parquet(sim.ground_truth / "proteins.parquet")
+             .filter(pl.col("control").is_null())
+             .select("protein", compartment=pl.col("compartments").list.first()))
+    rng = np.random.default_rng(0)
+    comps = sorted(truth["compartment"].unique())
+    centroids = dict(zip(comps, rng.normal(size=(len(comps), DIM)), strict=True))
+    planted = np.stack([centroids[c] for c in truth["compartment"]])
+    planted += 0.25 * rng.normal(size=planted.shape)
+    noise = rng.normal(size=planted.shape)
+    path = warehouse_path(home)
+    write_protein_features(_features(truth, "pci", planted), path=path)
+    write_protein_features(_features(truth, "pci_random", noise), path=path)
+    return home, truth
+
+
+def test_enrichment_recovers_planted_compartments(planted_home):
+    from cellrep_assets.enrichment import (
+        dbt_go_assets,
+        dbt_resource,
+        protein_clusters,
+        recovers_simulated_compartments,
+        reference_tables,
+    )
+    from cellrep_assets.partitions import dataset_partitions
+    from cellrep_assets.resources import DataHome
+
+    home, truth = planted_home
+    n_comp = truth["compartment"].n_unique()
+    resources = {"home": DataHome(root=str(home)), "dbt": dbt_resource()}
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(dataset_partitions.name, [partition_key(DATASET)])
+
+    assert dg.materialize([reference_tables], instance=instance, resources=resources).success
+    # Before anything is clustered the build succeeds on an empty protein_clusters table
+    # (dbt_go's on-run-start hook), and the ground-truth check has nothing to judge.
+    early = dg.materialize([dbt_go_assets, recovers_simulated_compartments], instance=instance,
+                           resources=resources)
+    assert early.success
+    assert read_table("enriched_terms", path=warehouse_path(home)).height == 0
+    assert "not_applicable" in next(
+        e for e in early.get_asset_check_evaluations()
+        if e.check_name == "recovers_simulated_compartments").metadata
+    clusters = dg.materialize(
+        [protein_clusters], partition_key=partition_key(DATASET), instance=instance,
+        resources=resources,
+        run_config={"ops": {"protein_clusters": {"config": {"cuts": [f"k={n_comp}", "h=0.5"]}}}},
+    )
+    assert clusters.success
+    md = clusters.asset_materializations_for_node("protein_clusters")[0].metadata
+    assert set(md["skipped"].value) == {"cytoself", "locclf", "cbvae", "autoencoder", "classic"}
+    assert md["dendrograms"].value.startswith("![dendrograms](data:image/png;base64,")
+
+    result = dg.materialize([dbt_go_assets, recovers_simulated_compartments], instance=instance,
+                            resources=resources)
+    assert result.success
+    built = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert {"go_term_closure", "cluster_term_pvalues", "cluster_enrichment",
+            "enriched_terms"} <= built
+
+    # dbt's data tests ran as Dagster asset checks, and passed.
+    evaluations = result.get_asset_check_evaluations()
+    dbt_checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in evaluations
+                  if e.check_name != "recovers_simulated_compartments"}
+    assert len(dbt_checks) >= 50 and all(dbt_checks.values())
+    assert ("enriched_terms", "value_between_enriched_terms_fdr__1__0") in dbt_checks or any(
+        a == "enriched_terms" and n.startswith("value_between") for a, n in dbt_checks)
+
+    # The mart: for planted features every compartment's proteins form one cluster whose
+    # top CC term lies in the compartment (its GO term or a descendant, or an ancestor
+    # carried by exactly the same proteins, which no test can tell apart), and whose
+    # compartment term itself is enriched at FDR < 0.05 among the top five — for every
+    # compartment whose term is specific enough to be enriched at all: with 6 proteins in
+    # a background where half carry "cytosol", a perfect cluster is no surprise (p ≈ 0.5^6).
+    wh = warehouse_path(home)
+    members = read_table("protein_clusters", path=wh).filter(pl.col("model_name") == "pci",
+                                                             pl.col("cut") == f"k={n_comp}")
+    enriched = read_table("enriched_terms", path=wh).filter(
+        pl.col("namespace") == "CC", pl.col("model_name") == "pci", pl.col("cut") == f"k={n_comp}")
+    assert enriched.height and enriched["fdr"].max() < 0.05
+    closure = read_table("go_term_closure", path=wh)
+    share = _term_share(truth)
+    tested = []
+    for comp, n in truth.group_by("compartment").len().iter_rows():
+        if n < 4 or share[comp] > 0.4:
+            continue
+        proteins = truth.filter(pl.col("compartment") == comp)["protein"]
+        ids = members.filter(pl.col("protein").is_in(proteins.implode()))["cluster_id"].unique()
+        assert ids.len() == 1, f"{comp} split over clusters {ids.to_list()}"
+        terms = enriched.filter(pl.col("cluster_id") == ids[0]).sort("term_rank")
+        own = terms.filter(pl.col("go_id").is_in(list(PATTERN_GO[comp])))
+        assert own.height and own["term_rank"].min() <= 5, (
+            f"{comp}: top terms {terms.head(6).select('go_id', 'term_name', 'fdr').rows()}")
+        best = own.row(0, named=True)
+        top = terms.row(0, named=True)
+        within = closure.filter(pl.col("descendant") == top["go_id"],
+                                pl.col("ancestor").is_in(list(PATTERN_GO[comp]))).height > 0
+        same_genes = (top["hits"], top["term_size"]) == (best["hits"], best["term_size"])
+        assert within or same_genes, f"{comp}: top term {top['term_name']} outside it"
+        tested.append(comp)
+    assert len(tested) >= 12, tested
+
+    # The asset check compares the mart with the simulator's ground truth: planted features
+    # recover every compartment, noise features (almost) none.
+    check = next(e for e in evaluations if e.check_name == "recovers_simulated_compartments")
+    assert check.passed
+    assert check.metadata["best_share"].value[DATASET] >= 0.9
+    table = check.metadata["clusterings"].value
+    noise_rows = [line for line in table.splitlines() if "| pci_random |" in line]
+    assert noise_rows and all(float(line.split("|")[-2]) <= 0.25 for line in noise_rows), table
