@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from cellrep_assets.cbvae_analysis import cbvae_analysis_assets
 from cellrep_assets.enrichment import enrichment_assets
 from cellrep_assets.evaluation import evaluation_assets
 from cellrep_assets.features import (
@@ -20,7 +21,8 @@ from cellrep_assets.training import trained_models
 
 defs = dg.Definitions(
     assets=[raw_screen, cell_crops, *trained_models, *champions, *cell_embeddings,
-            *protein_features, *evaluation_assets, *enrichment_assets],
+            *protein_features, *evaluation_assets, *cbvae_analysis_assets,
+            *enrichment_assets],
     jobs=[screen_job],
     schedules=[nightly_reembedding],
     sensors=[inbox_sensor, champion_sensor, automation_sensor],

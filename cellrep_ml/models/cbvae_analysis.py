@@ -9,6 +9,10 @@
   :func:`coupling_scores` — coupling of a structure to membrane vs nucleus (Eqs. 4-5, Fig. 5).
 * :func:`latent_shift_test`, :func:`bonferroni` — drug-induced shifts of the latent
   centroid, with a permutation test (Section 4.5, Fig. 6).
+* :func:`rate_distortion` — the two terms of the ELBO on held-out cells (Section 4.3, Fig. 3a).
+* :func:`treatment_split`, :func:`perturb_structures` — a simulated drug: a controlled change
+  of the structure images of a random half of the cells (our stand-in for Section 4.5's
+  Paclitaxel / Brefeldin screen, which a simulated screen does not have).
 
 Model-facing functions take a :class:`~cellrep_ml.models.cbvae.ConditionalBetaVAE`, run it
 in evaluation mode (BatchNorm running statistics; the caller's mode is restored) without
@@ -23,12 +27,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from cellrep_ml.models.cbvae import ConditionalBetaVAE, kl_per_dimension
+from cellrep_ml.models.cbvae import (
+    ConditionalBetaVAE,
+    kl_divergence,
+    kl_per_dimension,
+    summed_squared_error,
+)
 
 __all__ = [
     "CouplingScores",
     "LatentShiftResult",
+    "PERTURBATIONS",
+    "RateDistortion",
     "bonferroni",
     "coupling_scores",
     "coupling_strength",
@@ -39,8 +51,11 @@ __all__ = [
     "impute_structures",
     "latent_shift_test",
     "mean_kl_per_dimension",
+    "perturb_structures",
     "rank_dimensions",
+    "rate_distortion",
     "swapped_reference_elbos",
+    "treatment_split",
 ]
 
 Batch = Mapping[str, torch.Tensor]
@@ -569,3 +584,177 @@ def bonferroni(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     if np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
         raise ValueError("bonferroni: p-values must be finite and in [0, 1]")
     return np.minimum(1.0, p * len(p))
+
+
+# --------------------------------------------------------------------------- rate and distortion
+
+
+@dataclass(frozen=True)
+class RateDistortion:
+    """The two terms of the ELBO (Eq. 1) averaged over held-out cells (Section 4.3, Fig. 3a)."""
+
+    rate: float  # mean KL(q(z|x) ‖ p(z)) per image, nats
+    distortion: float  # mean Σ(x − x̂)² per image, averaged over draws of z
+    kl_per_dimension: np.ndarray  # (D,) mean KL of each latent dimension (Fig. S6)
+    n_images: int
+
+    def active_dimensions(self, threshold: float = 0.1) -> int:
+        """Latent dimensions carrying more than ``threshold`` nats on average (Fig. S6)."""
+        return int(np.count_nonzero(self.kl_per_dimension > threshold))
+
+
+def rate_distortion(
+    model: ConditionalBetaVAE,
+    batches: Iterable[Batch],
+    *,
+    n_samples: int = 1,
+    seed: int = 0,
+) -> RateDistortion:
+    """Rate (KL) and distortion (summed squared error) of a model on a dataset (Section 4.3).
+
+    The paper trains 2D reference models at 25 values of β and plots, on the test set, the
+    average of "the two terms of ELBO": the rate KL(q(z|x) ‖ p(z)) and the distortion
+    −E_q[log p(x|z)] ≈ Σ(x − x̂)² (Section 6.3). Both are the unweighted terms, so models
+    trained at different β are compared on one scale.
+
+    Parameters
+    ----------
+    model : ConditionalBetaVAE
+        Reference or structure model.
+    batches : iterable of batch dicts
+        As in :meth:`ConditionalBetaVAE.compute_loss`, e.g. the test split in chunks.
+    n_samples : int
+        Draws of z per image for the distortion (10 in the paper's validation ELBO).
+    seed : int
+        Seed of the draws.
+
+    Returns
+    -------
+    RateDistortion
+    """
+    if n_samples < 1:
+        raise ValueError(f"rate_distortion: n_samples must be >= 1, got {n_samples}")
+    device = _device(model)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    kl_sum, recon_sum, kl_dims, n = 0.0, 0.0, None, 0
+    with _evaluating(model):
+        for batch in batches:
+            batch = _to(batch, device)
+            x, reference, structure_id = model._unpack(batch)
+            mu, logvar = model.encode(x, reference, structure_id)  # (B, D)
+            recon = torch.zeros(x.shape[0], device=device, dtype=x.dtype)
+            for _ in range(n_samples):
+                z = model.reparameterize(mu, logvar, generator)
+                recon += summed_squared_error(x, model.decode(z, reference, structure_id))
+            per_dim = kl_per_dimension(mu, logvar).double().sum(dim=0).cpu().numpy()
+            kl_dims = per_dim if kl_dims is None else kl_dims + per_dim
+            kl_sum += float(kl_divergence(mu, logvar).double().sum())
+            recon_sum += float(recon.double().sum()) / n_samples
+            n += x.shape[0]
+    if n == 0:
+        raise ValueError("rate_distortion: the dataset yielded no image")
+    return RateDistortion(kl_sum / n, recon_sum / n, kl_dims / n, n)
+
+
+# --------------------------------------------------------------------------- simulated drugs
+
+#: Controlled changes of a structure image that :func:`perturb_structures` applies.
+PERTURBATIONS: tuple[str, ...] = ("shrink", "shift", "brighten")
+
+
+def treatment_split(n: int, *, fraction: float = 0.5, seed: int = 0) -> np.ndarray:
+    """A random set of ``round(fraction · n)`` treated cells among ``n`` (at least one of each).
+
+    Parameters
+    ----------
+    n : int
+        Cells, at least 2.
+    fraction : float
+        In (0, 1).
+    seed : int
+
+    Returns
+    -------
+    (n,) bool ndarray
+        True for treated cells.
+    """
+    if n < 2:
+        raise ValueError(f"treatment_split: needs at least 2 cells (treated and untreated), got {n}")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"treatment_split: fraction must lie in (0, 1), got {fraction}")
+    k = min(max(int(round(fraction * n)), 1), n - 1)
+    treated = np.zeros(n, dtype=bool)
+    treated[np.random.default_rng(seed).choice(n, size=k, replace=False)] = True
+    return treated
+
+
+def _centroids(x: torch.Tensor) -> torch.Tensor:
+    """Intensity-weighted centre of each image in grid_sample coordinates, (B, dims) as (x, y[, z])."""
+    weight = x.sum(dim=1).clamp_min(0)  # (B, [Z,] Y, X)
+    dims = weight.ndim - 1
+    total = weight.flatten(1).sum(dim=1).clamp_min(1e-12)  # (B,)
+    out = []
+    for axis in range(dims, 0, -1):  # X first: grid_sample's coordinate order
+        size = weight.shape[axis]
+        # align_corners=False: pixel i sits at (2i + 1) / size − 1.
+        coords = (2 * torch.arange(size, device=x.device, dtype=x.dtype) + 1) / size - 1
+        shape = [1] * weight.ndim
+        shape[axis] = size
+        out.append((weight * coords.view(shape)).flatten(1).sum(dim=1) / total)
+    return torch.stack(out, dim=1)
+
+
+def perturb_structures(structure: torch.Tensor, kind: str = "shrink", strength: float = 0.5
+                       ) -> torch.Tensor:
+    """Apply a simulated drug to structure images, a controlled stand-in for Section 4.5.
+
+    The paper's drug screen (Paclitaxel condenses microtubules, Brefeldin A disperses the
+    Golgi) is out-of-sample data that a simulated screen lacks; we make its kind of effect
+    by hand, on the structure channel only, so the reference (membrane, DNA) is untouched —
+    as the paper checks for its drugs ("the reference embedding should not move").
+
+    ``"shrink"``: the structure contracts towards its intensity centroid to a fraction
+    ``1 − strength`` of its extent (condensation, like Paclitaxel on microtubules).
+    ``"shift"``: the structure moves by ``strength`` × half the image width along x
+    (zero fill). ``"brighten"``: intensities scale by ``1 + strength`` (clipped to [0, 1]).
+
+    Parameters
+    ----------
+    structure : (B, C_t, [Z,] Y, X) tensor
+        Structure images x_t, values in [0, 1].
+    kind : {"shrink", "shift", "brighten"}
+    strength : float
+        Size of the effect: in (0, 1) for ``"shrink"``, > 0 otherwise.
+
+    Returns
+    -------
+    (B, C_t, [Z,] Y, X) tensor
+        The perturbed images (a new tensor; the input is left as is).
+    """
+    if kind not in PERTURBATIONS:
+        raise ValueError(f"perturb_structures: kind must be one of {PERTURBATIONS}, got {kind!r}")
+    if structure.ndim not in (4, 5) or not structure.is_floating_point():
+        raise ValueError("perturb_structures: structure must be a float (B, C, [Z,] Y, X) "
+                         f"tensor, got {structure.dtype} {tuple(structure.shape)}")
+    if kind == "shrink" and not 0.0 < strength < 1.0:
+        raise ValueError(f"perturb_structures: shrink strength must lie in (0, 1), got {strength}")
+    if strength <= 0:
+        raise ValueError(f"perturb_structures: strength must be positive, got {strength}")
+    if kind == "brighten":
+        return (structure * (1.0 + strength)).clamp(0.0, 1.0)
+    b, dims = structure.shape[0], structure.ndim - 2
+    eye = torch.eye(dims, device=structure.device, dtype=structure.dtype)
+    if kind == "shrink":
+        # Output point p samples the input at c + (p − c) / s: the content shrinks by s about c.
+        scale = 1.0 - strength
+        c = _centroids(structure)  # (B, dims)
+        theta = torch.cat([eye.expand(b, dims, dims) / scale,
+                           (c * (1.0 - 1.0 / scale)).unsqueeze(-1)], dim=2)
+    else:
+        # Output point p samples the input at p − d: the content moves by d along x.
+        shift = torch.zeros(b, dims, 1, device=structure.device, dtype=structure.dtype)
+        shift[:, 0] = -strength
+        theta = torch.cat([eye.expand(b, dims, dims), shift], dim=2)
+    grid = F.affine_grid(theta, list(structure.shape), align_corners=False)
+    return F.grid_sample(structure, grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
