@@ -93,8 +93,11 @@ def run_demo(home: Path, *, seed: int = 0, screens: dict | None = None,
     return summary
 
 
-# Demo-sized settings of the downstream assets (their defaults are the papers' protocols).
+# Demo-sized settings of the downstream assets (their defaults are the papers' protocols,
+# capped for CPU): fewer clustering-score UMAPs, a two-point rate–distortion sweep.
 DEMO_EMBEDDING = {"baseline_config": "tiny"}
+DEMO_EVALUATION = {"n_umaps": 3, "max_cells_knn": 1500, "max_cells_layers": 500}
+DEMO_CBVAE = {"betas": [0.05, 0.95], "sweep_steps": 20, "structure_steps": 40}
 
 
 def _execute(instance, home: Path, keys, partition_key: str | None, label: str,
@@ -151,8 +154,11 @@ def _downstream(instance, home: Path, dataset: str, dataset_key: str, lines: lis
                              f"{dataset}/{line}: cell_embeddings/*", config))
     later = [k for k in _keys(partitions=dataset_partitions)
              if k.path[0] not in ("trained_model", "champion")]
+    config = {"ops": {"__".join(k.path): {"config": DEMO_EVALUATION}
+                      for k in later if k.path[0] == "evaluation"}}
+    config["ops"]["cbvae_analysis"] = {"config": DEMO_CBVAE}
     rows.append(_execute(instance, home, later, dataset_key,
-                         f"{dataset}: features, evaluations, clusters"))
+                         f"{dataset}: features, evaluations, clusters", config))
     return rows
 
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from cellrep_assets.definitions import defs
@@ -26,23 +25,54 @@ def test_dagster_definitions_validate():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def readme_queries() -> list[str]:
+    """The SQL blocks of the README's "SQL for users" section."""
+    import re
+
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    section = text[text.index("## SQL for users"):]
+    section = section[:section.index("\n## ", 5)]
+    return re.findall(r"```sql\n(.*?)```", section, re.S)
+
+
 @pytest.mark.slow
-def test_demo_materializes_into_persistent_instance(tmp_path, monkeypatch):
+def test_demo_runs_from_screen_to_leaderboard_and_enrichment(tmp_path, monkeypatch):
+    """The whole demo on a tiny screen: crops, training, champion, embeddings, evaluations,
+    leaderboard, clusters and the dbt enrichment mart, then the README's queries."""
     import dagster as dg
 
     from cellrep_assets.demo import run_demo
+    from cellrep_assets.features import FEATURE_METHODS
+    from cellrep_ml.cli.sql import connect
 
     home = tmp_path / "home"
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    summary = run_demo(home, screens={"demo-tiny": ("opencell", 3, 2, 2)}, field_size=256,
-                       train=False)  # training through Dagster: test_training_assets.py
-    assert len(summary) == 2 and all(row["success"] and row["cells"] > 0 for row in summary)
+    monkeypatch.setenv("CELLREP_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    summary = run_demo(home, screens={"demo-tiny": ("opencell", 8, 2, 2)}, field_size=256)
+    failed = [row for row in summary if not row["success"]]
+    assert not failed, failed
+    crops = [row for row in summary if "cells" in row]
+    assert len(crops) == 2 and all(row["cells"] > 0 for row in crops)
     # The runs were recorded in the persistent instance the UI reads.
-    instance = dg.DagsterInstance.get()
-    assert len(instance.get_runs()) == 2
-    # The SQL entry point sees the cells.
-    from cellrep_ml.cli.sql import connect
+    assert len(dg.DagsterInstance.get().get_runs()) >= 2 + 5 + 1 + 2 + 2
 
-    n = connect(home).execute("SELECT count(*) FROM cells").fetchone()[0]
-    assert n == sum(row["cells"] for row in summary)
-    assert pl.read_parquet(next(home.glob("crops/*/*/cells.parquet"))).height > 0
+    con = connect(home)
+    try:
+        n = con.execute("SELECT count(*) FROM cells").fetchone()[0]
+        assert n == sum(row["cells"] for row in crops)
+        methods = {r[0] for r in con.execute("SELECT DISTINCT method FROM leaderboard").fetchall()}
+        assert methods == set(FEATURE_METHODS)
+        assert con.execute("SELECT count(*) FROM cluster_enrichment").fetchone()[0] > 0
+        assert con.execute("SELECT count(*) FROM cbvae_results").fetchone()[0] > 0
+        protein = con.execute("SELECT min(protein) FROM protein_features").fetchone()[0]
+    finally:
+        con.close()
+    # Every worked query of the README runs on the demo's warehouse.
+    for query in readme_queries():
+        con = connect(home)
+        try:
+            con.execute(query.replace("SEC61B", protein)).fetchall()
+        finally:
+            con.close()
