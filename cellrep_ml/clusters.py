@@ -26,6 +26,7 @@ from scipy.spatial.distance import squareform
 
 from cellrep_ml.enrichment import CLUSTERS_SCHEMA
 from cellrep_ml.errors import InputError
+from cellrep_ml.evaluate.functional import row_correlation
 
 __all__ = [
     "DEFAULT_HEIGHTS",
@@ -111,16 +112,9 @@ def correlation_linkage(profiles: np.ndarray) -> np.ndarray:
     if not np.isfinite(x).all():
         rows = np.flatnonzero(~np.isfinite(x).all(axis=1))
         raise InputError("profiles hold NaN or infinite values", received=f"rows {rows[:5].tolist()}")
-    centered = x - x.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(centered, axis=1)
-    if (norms == 0).any():
-        raise InputError("constant profile, Pearson r undefined",
-                         expected="profiles that vary across features",
-                         received=f"rows {np.flatnonzero(norms == 0)[:5].tolist()}")
     # One BLAS product for every r (pdist's per-pair loop is far slower at 10^4 proteins
     # × 10^3–10^4 features); squareform keeps the upper triangle without index arrays.
-    unit = centered / norms[:, None]
-    dist = 1.0 - np.clip(unit @ unit.T, -1.0, 1.0)
+    dist = 1.0 - row_correlation(x)
     condensed = squareform(dist, checks=False)
     del dist
     return linkage(np.clip(condensed, 0.0, 2.0), method="average")

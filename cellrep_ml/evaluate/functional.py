@@ -92,14 +92,14 @@ def align_standard(features: np.ndarray, proteins: Sequence | np.ndarray,
     return FunctionalStandard(proteins=kept, terms=terms, profiles=profiles, membership=member)
 
 
-def _correlation(profiles: np.ndarray) -> np.ndarray:
-    """Pearson r between rows, rejecting constant profiles (r undefined)."""
+def row_correlation(profiles: np.ndarray) -> np.ndarray:
+    """Pearson r between rows (one BLAS product), rejecting constant profiles (r undefined)."""
     centered = profiles - profiles.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(centered, axis=1)
     if (norms == 0).any():
-        raise InputError("features: constant profile, Pearson r undefined",
+        raise InputError("constant profile, Pearson r undefined",
                          expected="profiles that vary across features",
-                         received=f"row(s) {np.flatnonzero(norms == 0)[:5].tolist()}")
+                         received=f"rows {np.flatnonzero(norms == 0)[:5].tolist()}")
     unit = centered / norms[:, None]
     return np.clip(unit @ unit.T, -1.0, 1.0)
 
@@ -119,7 +119,7 @@ def functional_pairs(standard: FunctionalStandard) -> tuple[np.ndarray, np.ndarr
     r : (P (P - 1) / 2,) float64 ndarray
         Pearson correlation of their profiles, pairs in ``np.triu_indices(P, 1)`` order.
     """
-    corr = _correlation(standard.profiles)
+    corr = row_correlation(standard.profiles)
     m = standard.membership.astype(np.int64)
     shared = (m @ m.T) > 0
     iu = np.triu_indices(len(standard.proteins), 1)
@@ -268,7 +268,7 @@ def functional_scores(
     ap = float(average_precision_score(y, r))
     f05 = max_f_beta(y, r, beta=beta)
 
-    corr = _correlation(std.profiles)
+    corr = row_correlation(std.profiles)
     member = std.membership
     per_query = per_query_average_precision(corr, (member.astype(np.int64) @ member.T) > 0)
 
