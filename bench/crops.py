@@ -7,9 +7,12 @@
     watershed split, QC, min–max, Zarr + Parquet writes), one worker process;
 (b) a naive script on the same fields already in memory: Otsu, ``label``,
     ``regionprops``, crop, min–max, ``np.save``.
-Both are timed in wall and CPU seconds; "per core" is cells per CPU second. Then the
-pipeline runs in a fresh process on two screen sizes and reports each one's peak RSS:
-memory should not grow with the number of fields.
+Both are timed in wall and CPU seconds; "per core" is cells per CPU second. The three
+runs are repeated ``--repeats`` times, interleaved (pipeline, naive, naive per cell, then
+again) so that background load on a shared machine hits all of them alike; the table gives
+medians, the ratio row the median of the per-repeat ratios. Then the pipeline runs in a
+fresh process on two screen sizes and reports each one's peak RSS: memory should not grow
+with the number of fields.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -127,6 +131,15 @@ def run_naive(fields: list[np.ndarray], out: Path, crop_size: int, *,
     return {"cells": n, "segmented": n, "wall": wall, "cpu": cpu}
 
 
+def _obj_rate(run: dict) -> float:
+    return run["segmented"] / run["cpu"]
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """Per-key medians of repeated runs (counts are the same in every repeat)."""
+    return {k: type(runs[0][k])(np.median([r[k] for r in runs])) for k in runs[0]}
+
+
 def _peak_rss_mib() -> float:
     """Peak resident memory of this process (VmHWM; ru_maxrss survives exec on Linux
     and would report the parent's peak)."""
@@ -155,6 +168,7 @@ def main() -> None:
     parser.add_argument("--nuclei", type=int, default=400)
     parser.add_argument("--crop-size", type=int, default=64)
     parser.add_argument("--rss-sizes", type=int, nargs=2, default=(6, 24))
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians)")
     parser.add_argument("--rss-child", type=Path, nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child is not None:
@@ -166,17 +180,21 @@ def main() -> None:
         index = write_screen(root, args.fields, args.size, args.nuclei, seed=0)
         fields = [tifffile.imread(p[0]) for p in index["abs_paths"].to_list()]
         run_pipeline(index.head(1), root / "warm", args.crop_size)  # imports, first-call costs
-        pipe = run_pipeline(index, root / "out", args.crop_size)
-        naive_dir = root / "naive"
-        naive_dir.mkdir()
-        naive = run_naive(fields, naive_dir, args.crop_size)
-        per_cell_dir = root / "naive_per_cell"
-        per_cell_dir.mkdir()
-        naive_files = run_naive(fields, per_cell_dir, args.crop_size, file_per_cell=True)
+        runs: dict[str, list[dict]] = {"pipe": [], "naive": [], "cell": []}
+        for r in range(args.repeats):
+            runs["pipe"].append(run_pipeline(index, root / f"out{r}", args.crop_size))
+            shutil.rmtree(root / f"out{r}")
+            for key, per_cell in (("naive", False), ("cell", True)):
+                out = root / f"{key}{r}"
+                out.mkdir()
+                runs[key].append(run_naive(fields, out, args.crop_size, file_per_cell=per_cell))
+                shutil.rmtree(out)
         del fields
+    pipe, naive, naive_files = (_median_run(runs[k]) for k in ("pipe", "naive", "cell"))
 
     print(f"\n{args.fields} fields of {args.size}×{args.size}×2, ~{args.nuclei} nuclei each, "
-          f"crop {args.crop_size}; 1 process, {os.cpu_count()} CPUs on the machine\n")
+          f"crop {args.crop_size}; 1 process, {os.cpu_count()} CPUs on the machine; "
+          f"median of {args.repeats} interleaved repeats\n")
     cols = [("pipeline", pipe), ("naive, npy/field", naive), ("naive, npy/cell", naive_files)]
     print(f"{'':30}" + "".join(f"{name:>18}" for name, _ in cols))
     print(f"{'input':30}" + "".join(f"{v:>18}" for v in ("TIFF files", "in memory", "in memory")))
@@ -186,9 +204,9 @@ def main() -> None:
         print(f"{label:30}" + "".join(f"{r[key]:>18.2f}" for _, r in cols))
     print(f"{'cells written / CPU s':30}" + "".join(f"{r['cells'] / r['cpu']:>18.0f}" for _, r in cols))
     print(f"{'objects / CPU s':30}" + "".join(f"{r['segmented'] / r['cpu']:>18.0f}" for _, r in cols))
-    base = pipe["segmented"] / pipe["cpu"]
-    print(f"{'pipeline speed / this (obj/s)':30}"
-          + "".join(f"{base / (r['segmented'] / r['cpu']):>18.2f}" for _, r in cols))
+    ratios = [float(np.median([_obj_rate(p) / _obj_rate(o) for p, o in zip(runs["pipe"], runs[k], strict=True)]))
+              for k in ("pipe", "naive", "cell")]
+    print(f"{'pipeline speed / this (obj/s)':30}" + "".join(f"{x:>18.2f}" for x in ratios))
 
     print(f"\n{'fields':>8}{'cells':>10}{'peak RSS MiB':>14}{'RSS after imports MiB':>22}")
     for n in args.rss_sizes:

@@ -112,6 +112,71 @@ def test_rejects_unknown_method():
         segment_nuclei(np.zeros((8, 8)), method="triangle")
 
 
+def _split_one_by_one(labels, n, min_area):
+    """Reference for the packed split: every candidate alone in its grown box."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    from cellrep_ml.segment._nuclei import _ROUNDNESS, _grow, _max_per_label
+
+    labels = labels.copy()
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    radius = max(1.0, float(np.sqrt(np.median(areas[1:]) / np.pi)))
+    half = max(1, int(round(0.4 * radius)))
+    depth = _max_per_label(ndi.distance_transform_cdt(labels > 0, "taxicab"), labels, n)
+    candidates = np.flatnonzero((areas > _ROUNDNESS * np.pi * depth.astype(float) ** 2)
+                                & (areas >= max(2 * min_area, 8)))
+    objects = ndi.find_objects(labels)
+    next_id = n + 1
+    for obj in candidates[candidates > 0]:
+        sl = _grow(objects[obj - 1], labels.shape)
+        region = labels[sl] == obj
+        dist = ndi.gaussian_filter(ndi.distance_transform_edt(region), 1.0, truncate=2.0,
+                                   mode="constant")
+        peaks = (dist == ndi.maximum_filter(dist, size=2 * half + 1, mode="constant")) & region
+        markers, k = ndi.label(peaks & (dist >= 0.3 * radius), structure=np.ones((3, 3)))
+        if k < 2:
+            continue
+        parts = watershed(-dist, markers, mask=region)
+        labels[sl][region] = np.where(parts > 1, parts - 2 + next_id, obj)[region]
+        next_id += k - 1
+    return labels, next_id - 1
+
+
+def test_packed_split_equals_one_object_at_a_time():
+    """The split packs candidates into one canvas for speed; the result (ids included)
+    must be the one of splitting each object alone, border-cut objects too."""
+    from scipy import ndimage as ndi
+
+    from cellrep_ml.segment._nuclei import _split_touching
+
+    rng = np.random.default_rng(3)
+    centres = []
+    for _ in range(60):  # pairs and triples of discs, some cut by the border
+        y, x = rng.uniform(0, 256, 2)
+        centres += [(y, x), (y + rng.uniform(12, 17), x + rng.uniform(-6, 6))]
+    img = _discs((256, 256), centres, 9)
+    labels, n = ndi.label(img > 500)
+    labels = labels.astype(np.int32)
+    got, n_got = _split_touching(labels.copy(), n, 30, None)
+    want, n_want = _split_one_by_one(labels, n, 30)
+    assert n_got == n_want > n + 10
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("shape", [(1024, 1024), (37, 300), (5, 40, 33)])
+def test_smoothing_is_scipys_gaussian(shape):
+    from scipy import ndimage as ndi
+
+    from cellrep_ml.segment._nuclei import _smooth
+
+    img = (np.random.default_rng(0).random(shape) * 4000).astype(np.uint16)
+    want = ndi.gaussian_filter(img.astype(np.float32), 2.0, truncate=3.0)
+    got = _smooth(img, 2.0)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+
+
 # ---------------------------------------------------------------- match_f1
 
 

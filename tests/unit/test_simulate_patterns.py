@@ -241,3 +241,17 @@ def test_catalog_from_the_committed_reference():
             by_complex.setdefault(p.complex_id, set()).add(p.signature)
     assert any(len(v) == 1 for v in by_complex.values())
     assert all(len(v) == 1 for v in by_complex.values())
+
+
+def test_nearest_angle_matches_all_pairs():
+    """The aster's lookup table checks only the two neighbouring spokes; it must equal the
+    all-pairs minimum exactly (so simulated pixels do not change), duplicates included."""
+    from cellrep_ml.simulate.patterns import _nearest_angle
+
+    grid = np.linspace(-np.pi, np.pi, 2048, endpoint=False)
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 12, 36, 90):
+        spokes = np.sort(np.r_[rng.uniform(-np.pi, np.pi, n), grid[7], -np.pi])
+        spokes = np.sort(np.r_[spokes, spokes[:1]])  # a duplicate spoke
+        want = np.abs(((grid[:, None] - spokes[None, :]) + np.pi) % (2 * np.pi) - np.pi).min(1)
+        np.testing.assert_array_equal(_nearest_angle(grid, spokes), want)
