@@ -160,6 +160,40 @@ def bench_aggregate(n_cells: int, dim: int, n_proteins: int, repeats: int) -> li
 TARGETS = {("pci", "paper"): "≥ 100 cells/s", ("cytoself", "paper"): "≥ 60 crops/s"}
 
 
+def plain_pci_source_encoder(channels: int = 2):
+    """The reference of issue 4: a plain ``nn.Sequential`` PCI source encoder up to the
+    yeast feature layer (conv4: 3×3 conv, ReLU, BN; 96 | pool | 256 | pool | 384, 384),
+    its last ReLU output max-pooled over space by the caller."""
+    import torch.nn as nn
+
+    def block(c_in: int, c_out: int) -> list:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True),
+                nn.BatchNorm2d(c_out, momentum=0.01, eps=1e-3)]
+
+    return nn.Sequential(*block(channels, 96), nn.MaxPool2d(2), *block(96, 256), nn.MaxPool2d(2),
+                         *block(256, 384), nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(inplace=True))
+
+
+def bench_plain_pci(n: int, batch_size: int) -> Row:
+    """(c) reference: the plain encoder on crops already float32 in memory, PyTorch defaults."""
+    import torch
+
+    torch.manual_seed(0)
+    model = plain_pci_source_encoder().eval()
+    crops = torch.rand(n, 2, 64, 64)
+
+    def run() -> None:
+        with torch.inference_mode():
+            for a in range(0, n, batch_size):
+                model(crops[a:a + batch_size]).amax(dim=(-2, -1))
+
+    with torch.inference_mode():
+        model(crops[:8])  # warm-up
+    wall, cpu = _timed(run)
+    return (f"(c) reference: plain PyTorch PCI source encoder to conv4, float32, in memory "
+            f"({n} cells)", f"{n / wall:,.0f} cells/s", f"{n / cpu:,.0f} cells/s", "")
+
+
 def bench_throughput(methods: list[str], configs: list[str], n_cells: dict[str, int],
                      batch_size: int, precisions: list[str]) -> list[Row]:
     """(c) embed_cells cells/s per method and configuration on the CPU."""
@@ -197,6 +231,8 @@ def bench_throughput(methods: list[str], configs: list[str], n_cells: dict[str, 
                                  f"({'×'.join(map(str, shape))}, D={emb.shape[1]:,}, {n} cells)",
                                  f"{n / wall:,.0f} cells/s", f"{n / cpu:,.0f} cells/s",
                                  TARGETS.get((method, config), "")))
+                if (method, config) == ("pci", "paper"):
+                    rows.append(bench_plain_pci(n, batch_size))
     return rows
 
 

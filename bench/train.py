@@ -8,7 +8,10 @@ DeepLoc 128, cbvae 32). One example is one crop, except PCI where it is a (sourc
 pair; crops/s counts both cells of a pair.
 
 Reference points (2 CPU cores): a plain PyTorch PCI trains at 10.6 pairs/s (batch 64);
-the target for cytoself is ≥ 10 crops/s (batch 32).
+the target for cytoself is ≥ 10 crops/s (batch 32). For PCI the bench measures that
+reference side by side: ``plain`` rows train :class:`PlainPCI`, a straightforward
+``nn.Sequential`` build of the same network (same layers and parameter count, no fusions),
+in the same bare loop, once in PyTorch's default layout and once channels-last.
 
 Usage::
 
@@ -31,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from cellrep_ml.io.crop_store import CropStoreWriter
 from cellrep_ml.io.schema import CELL_INDEX_SCHEMA
@@ -51,6 +56,93 @@ def roles(method: str) -> dict:
     sizes come from yeast; cbvae's reference is membrane + DNA."""
     markers = ["Membrane"] if method == "cbvae" else []
     return {"protein": "GFP", "nucleus": "DAPI", "markers": markers, "segment_on": "DAPI"}
+
+
+class PlainPCI(nn.Module):
+    """The PCI paper network as anyone would write it (Lu et al. 2019; spec of issue 3).
+
+    Source encoder: 3×3 convs 96 | pool | 256 | pool | 384, 384, 256, each followed by
+    ReLU then batch norm; target-marker encoder 16 | pool | 32 | pool | 32; decoder 256,
+    384, 384 | upsample | 256 | upsample | 96 (conv + ReLU), then a linear 1×1 conv to the
+    protein channels. The reference the engine's PCI is compared with.
+    """
+
+    def __init__(self, protein: int = 1, markers: int = 1) -> None:
+        super().__init__()
+
+        def encoder(c_in: int, widths: tuple[int, ...], pool_after: int) -> nn.Sequential:
+            layers: list[nn.Module] = []
+            for i, c_out in enumerate(widths):
+                layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True),
+                           nn.BatchNorm2d(c_out, momentum=0.01, eps=1e-3)]
+                if i < pool_after:
+                    layers.append(nn.MaxPool2d(2))
+                c_in = c_out
+            return nn.Sequential(*layers)
+
+        def conv_relu(c_in: int, c_out: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True)]
+
+        self.protein = protein
+        self.source = encoder(protein + markers, (96, 256, 384, 384, 256), pool_after=2)
+        self.target = encoder(markers, (16, 32, 32), pool_after=2)
+        self.decoder = nn.Sequential(
+            *conv_relu(256 + 32, 256), *conv_relu(256, 384), *conv_relu(384, 384),
+            nn.Upsample(scale_factor=2), *conv_relu(384, 256),
+            nn.Upsample(scale_factor=2), *conv_relu(256, 96),
+            nn.Conv2d(96, protein, 1))
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        target = batch["target"]
+        z = torch.cat([self.source(batch["source"]), self.target(target[:, self.protein:])], 1)
+        mse = F.mse_loss(self.decoder(z), target[:, :self.protein])
+        return {"loss": mse}
+
+
+def _bare_loop(model: nn.Module, optimizer: torch.optim.Optimizer, data: dict, steps: int,
+               warmup: int, cpu_amp: bool) -> tuple[list[float], list[float]]:
+    """Wall and process-CPU seconds of ``steps`` optimiser steps on one preloaded batch."""
+    wall, cpu = [], []
+    for k in range(steps + warmup):
+        w0, c0 = time.perf_counter(), time.process_time()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_amp):
+            loss = model.compute_loss(data)["loss"]
+        loss.backward()
+        optimizer.step()
+        if k >= warmup:
+            wall.append(time.perf_counter() - w0)
+            cpu.append(time.process_time() - c0)
+    return wall, cpu
+
+
+def _memory_format(model: nn.Module, data: dict, channels_last: bool) -> dict:
+    if not channels_last:
+        return data
+    model.to(memory_format=torch.channels_last)
+    return {k: v.contiguous(memory_format=torch.channels_last)
+            if v.ndim == 4 and v.is_floating_point() else v for k, v in data.items()}
+
+
+def run_plain(steps: int, warmup: int, batch: int | None, channels_last: bool,
+              cpu_amp: bool = False) -> dict:
+    """The plain PCI build in the bare loop, on a random batch of the paper's shape."""
+    torch.manual_seed(0)
+    bs = batch or 64
+    model = PlainPCI()
+    data = _memory_format(model, {"source": torch.rand(bs, 2, 64, 64),
+                                  "target": torch.rand(bs, 2, 64, 64)}, channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.999))
+    wall, cpu = _bare_loop(model, optimizer, data, steps, warmup, cpu_amp)
+    threads = torch.get_num_threads()
+    return {"method": "pci-plain", "config": "cl" if channels_last else "nchw", "batch": bs,
+            "shape": "64x64", "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+            "step_s": float(np.median(wall)), "examples_per_s": bs / float(np.median(wall)),
+            "crops_per_s": 2 * bs / float(np.median(wall)),
+            "cpu_examples_per_s": bs / (float(np.median(cpu)) / threads),
+            "bare_examples_per_s": bs / float(np.median(wall)),
+            "bare_cpu_examples_per_s": bs / (float(np.median(cpu)) / threads),
+            "load_ms": 0.0, "peak_rss_MiB": _peak_rss_mib(), "load": os.getloadavg()[0]}
 
 
 def _peak_rss_mib() -> float:
@@ -129,16 +221,9 @@ def run_one(method: str, config: str, steps: int, warmup: int, batch: int | None
             t0 = time.perf_counter()
             data = task.load_batch({key: v[k * bs:(k + 1) * bs] for key, v in plan.items()})
             load_s.append(time.perf_counter() - t0)
-        bare_cpu = []
-        for k in range(steps + warmup):
-            c0 = time.process_time()
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_amp):
-                loss = model.compute_loss(data)["loss"]
-            loss.backward()
-            optimizer.step()
-            if k >= warmup:
-                bare_cpu.append(time.process_time() - c0)
+        # The engine's layout: channels-last for 2D models (TrainConfig.channels_last).
+        data = _memory_format(model, data, len(task.input_shape or ()) == 2)
+        bare_wall, bare_cpu = _bare_loop(model, optimizer, data, steps, warmup, cpu_amp)
         params = sum(p.numel() for p in model.parameters())
     threads = torch.get_num_threads()
     per_example = 2 if method == "pci" else 1
@@ -150,9 +235,28 @@ def run_one(method: str, config: str, steps: int, warmup: int, batch: int | None
             "examples_per_s": bs / step_s, "crops_per_s": bs * per_example / step_s,
             # What the step would take with the process's threads each on a free core.
             "cpu_examples_per_s": bs / (cpu_s / threads),
+            "bare_examples_per_s": bs / float(np.median(bare_wall)),
             "bare_cpu_examples_per_s": bs / (float(np.median(bare_cpu)) / threads),
             "load_ms": 1e3 * float(np.median(load_s)),
             "peak_rss_MiB": _peak_rss_mib(), "load": os.getloadavg()[0]}
+
+
+def _run_row(args: argparse.Namespace, what: list[str]) -> dict | str:
+    """One bench row in a fresh subprocess (its own peak RSS); the median of ``--repeats``."""
+    cmd = [sys.executable, __file__, *what, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--workers", str(args.workers)]
+    if args.batch:
+        cmd += ["--batch", str(args.batch)]
+    if args.cpu_amp:
+        cmd += ["--cpu-amp"]
+    rows = []
+    for _ in range(args.repeats):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            return "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return {k: float(np.median([r[k] for r in rows])) if isinstance(v, float) else v
+            for k, v in rows[0].items()}
 
 
 def main() -> None:
@@ -161,49 +265,55 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["tiny", "paper"], choices=["tiny", "paper"])
     parser.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs per row, each in a fresh process (medians reported)")
     parser.add_argument("--batch", type=int, help="override the papers' batch sizes")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument("--cpu-amp", action="store_true",
                         help="bf16 autocast on the CPU (TrainConfig.cpu_amp)")
+    parser.add_argument("--no-plain", action="store_true",
+                        help="skip the plain PyTorch PCI rows")
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "CONFIG"), help=argparse.SUPPRESS)
+    parser.add_argument("--plain", choices=["nchw", "cl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.one:
         row = run_one(*args.one, args.steps, args.warmup, args.batch, args.workers, args.cpu_amp)
         print(json.dumps(row))
         return
+    if args.plain:
+        print(json.dumps(run_plain(args.steps, args.warmup, args.batch, args.plain == "cl",
+                                   args.cpu_amp)))
+        return
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, DataLoader workers {args.workers}, "
-          f"precision {'bf16 autocast' if args.cpu_amp else 'fp32'}")
+          f"precision {'bf16 autocast' if args.cpu_amp else 'fp32'}, "
+          f"medians of {args.repeats} run(s) × {args.steps} steps")
     header = (f"{'method':<10}{'config':<7}{'batch':>6}{'crop':>9}{'params(M)':>10}{'step(s)':>9}"
-              f"{'ex/s':>8}{'crops/s':>9}{'ex/s@cpu':>10}{'bare@cpu':>10}{'read ms':>9}"
-              f"{'RSS(MiB)':>10}{'load':>6}")
+              f"{'ex/s':>8}{'crops/s':>9}{'ex/s@cpu':>10}{'bare':>7}{'bare@cpu':>10}"
+              f"{'read ms':>9}{'RSS(MiB)':>10}{'load':>6}")
     print(header)
     print("-" * len(header))
-    for method in args.methods:
-        for config in args.configs:
-            cmd = [sys.executable, __file__, "--one", method, config, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--workers", str(args.workers)]
-            if args.batch:
-                cmd += ["--batch", str(args.batch)]
-            if args.cpu_amp:
-                cmd += ["--cpu-amp"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode:
-                last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-                print(f"{method:<10}{config:<7} failed: {last}")
-                continue
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{r['method']:<10}{r['config']:<7}{r['batch']:>6}{r['shape']:>9}"
-                  f"{r['params_M']:>10.2f}{r['step_s']:>9.2f}{r['examples_per_s']:>8.1f}"
-                  f"{r['crops_per_s']:>9.1f}{r['cpu_examples_per_s']:>10.1f}"
-                  f"{r['bare_cpu_examples_per_s']:>10.1f}{r['load_ms']:>9.0f}"
-                  f"{r['peak_rss_MiB']:>10.0f}{r['load']:>6.1f}",
-                  flush=True)
+    jobs = [(f"{m:<10}{c:<7}", ["--one", m, c]) for m in args.methods for c in args.configs]
+    if "pci" in args.methods and "paper" in args.configs and not args.no_plain:
+        jobs += [(f"{'pci-plain':<10}{fmt:<7}", ["--plain", fmt]) for fmt in ("nchw", "cl")]
+    for name, what in jobs:
+        r = _run_row(args, what)
+        if isinstance(r, str):
+            print(f"{name} {r}")
+            continue
+        print(f"{r['method']:<10}{r['config']:<7}{r['batch']:>6}{r['shape']:>9}"
+              f"{r['params_M']:>10.2f}{r['step_s']:>9.2f}{r['examples_per_s']:>8.1f}"
+              f"{r['crops_per_s']:>9.1f}{r['cpu_examples_per_s']:>10.1f}"
+              f"{r['bare_examples_per_s']:>7.1f}{r['bare_cpu_examples_per_s']:>10.1f}"
+              f"{r['load_ms']:>9.0f}{r['peak_rss_MiB']:>10.0f}{r['load']:>6.1f}",
+              flush=True)
     print("ex/s: examples (PCI: pairs) per wall second through the engine; ex/s@cpu: per "
-          "CPU second × threads (nearer an idle machine's rate); bare@cpu: the same for a bare "
-          "loop on a preloaded batch; read ms: reading + assembling one batch from the store.")
+          "CPU second × threads (nearer an idle machine's rate); bare, bare@cpu: the same for "
+          "a bare loop on a preloaded batch in the engine's layout; read ms: reading + "
+          "assembling one batch from the store. pci-plain: the plain nn.Sequential build "
+          "(PlainPCI), bare loop only, default layout (nchw) or channels-last (cl).")
 
 
 if __name__ == "__main__":

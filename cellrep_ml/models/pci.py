@@ -17,6 +17,10 @@ Departures from the paper
 - Keras batch norm (momentum 0.99, eps 1e-3) is written as PyTorch momentum 0.01, eps 1e-3.
 - The network is fully convolutional, so any crop whose side is divisible by 4 works;
   ``crop_size`` in the config only tells the data pipeline what the paper used.
+- Not a departure, an implementation note: each decoder upsampling and the convolution
+  after it are computed as one sub-pixel convolution (:func:`upsample2x_conv3x3`), the
+  same function with ~2× fewer operations for the two largest layers (PCI paper training
+  on 2 CPU cores: 26 % fewer multiply-adds per step).
 
 Examples
 --------
@@ -47,6 +51,7 @@ __all__ = [
     "PairedCellInpainting",
     "glorot_init",
     "pci",
+    "upsample2x_conv3x3",
 ]
 
 
@@ -166,13 +171,19 @@ class ConvReLUBN(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, *, momentum: float, eps: float) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
-        self.relu = nn.ReLU()
+        # In place: the convolution's backward does not need its output, so the ReLU can
+        # overwrite it (one activation map fewer to allocate and write per block).
+        self.relu = nn.ReLU(inplace=True)
         self.bn = nn.BatchNorm2d(out_channels, momentum=momentum, eps=eps)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(after BN, after ReLU before BN)``; the second is what features pool."""
         act = self.relu(self.conv(x))  # (B, C_out, H, W)
         return self.bn(act), act
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        """Post-ReLU, pre-BN map alone: the last layer of a feature query needs no BN."""
+        return self.relu(self.conv(x))  # (B, C_out, H, W)
 
 
 class PCIEncoder(nn.Module):
@@ -242,16 +253,68 @@ class PCIEncoder(nn.Module):
             raise ValueError(f"unknown layer {last!r}; expected one of {names}")
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         for name, block, pool in zip(names, self.blocks, self.pool_after, strict=True):
-            x, out[name] = block(x)
             if name == last:
+                out[name] = block.activation(x)
                 break
+            x, out[name] = block(x)
             if pool:
                 x = self.pool(x)
         return out
 
 
+def _fold_taps(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two 2-tap kernels a 3-tap kernel becomes along ``dim`` after ×2 nearest upsampling.
+
+    Output position ``2i`` reads upsampled positions ``2i-1, 2i, 2i+1`` = source pixels
+    ``i-1, i, i``: taps ``(w0, w1 + w2)`` on ``(i-1, i)``. Position ``2i+1`` reads
+    ``i, i, i+1``: taps ``(w0 + w1, w2)`` on ``(i, i+1)``.
+    """
+    w0, w1, w2 = w.unbind(dim)
+    return torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)
+
+
+def upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                       ) -> torch.Tensor:
+    """``conv3x3(nearest_upsample_x2(x))`` (same padding) without the upsampled tensor.
+
+    The same function as ``F.conv2d(F.interpolate(x, scale_factor=2), weight, bias,
+    padding=1)`` up to float rounding, computed as one 2×2 convolution of ``x`` into the
+    four output phases (sub-pixel convolution): 16 instead of 36 multiply-adds per input
+    pixel and channel pair, and no ×4 upsampled map to write, read and backpropagate.
+
+    Parameters
+    ----------
+    x : (B, C, H, W) Tensor
+    weight : (O, C, 3, 3) Tensor
+    bias : (O,) Tensor or None
+
+    Returns
+    -------
+    (B, O, 2H, 2W) Tensor, channels-last
+    """
+    b, _, h, w = x.shape
+    o = weight.shape[0]
+    rows = _fold_taps(weight, 2)  # 2 × (O, C, 2, 3)
+    # Kernel of output phase (a, c) = row phase a, column phase c; channel order (a, c, o).
+    kernel = torch.cat([k for r in rows for k in _fold_taps(r, 3)])  # (4O, C, 2, 2)
+    kernel = kernel.contiguous(memory_format=torch.channels_last)
+    # Padding 1 gives (H+1, W+1) windows: phase a reads windows a .. a + H - 1.
+    y = F.conv2d(x, kernel, None if bias is None else bias.repeat(4), padding=1)
+    y = y.contiguous(memory_format=torch.channels_last)  # (B, 4O, H+1, W+1), NHWC in memory
+    # In NHWC memory, out[n, 2i+a, 2j+c, :] = y[n, i+a, j+c, (2a+c)·O : (2a+c+1)·O]: an
+    # affine function of (i, a, j, c, o), hence a strided view; one copy interleaves it.
+    sb, _, sh, sw = y.stride()
+    phases = y.as_strided((b, h, 2, w, 2, o), (sb, sh, sh + 2 * o, sw, sw + o, 1))
+    return phases.reshape(b, 2 * h, 2 * w, o).permute(0, 3, 1, 2)  # (B, O, 2H, 2W)
+
+
 class PCIDecoder(nn.Module):
-    """Conv + ReLU stages (no BN), nearest ×2 upsampling between stages, linear 1×1 output."""
+    """Conv + ReLU stages (no BN), nearest ×2 upsampling between stages, linear 1×1 output.
+
+    Each upsampling and the convolution after it run fused (:func:`upsample2x_conv3x3`):
+    the same function, ~2× fewer operations for the decoder's two largest layers. The
+    modules (and so the state dict) are those of the plain ``nn.Sequential``.
+    """
 
     def __init__(
         self, in_channels: int, stages: tuple[tuple[int, ...], ...], out_channels: int
@@ -263,7 +326,9 @@ class PCIDecoder(nn.Module):
             if s > 0:
                 layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
             for out in stage:
-                layers += [nn.Conv2d(width, out, kernel_size=3, padding=1), nn.ReLU()]
+                # In place: the next convolution's backward needs its input, not the
+                # pre-ReLU values, so the ReLU can overwrite the convolution's output.
+                layers += [nn.Conv2d(width, out, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
                 width = out
         # Linear output: crops are min–max scaled, and the paper regresses them directly.
         layers.append(nn.Conv2d(width, out_channels, kernel_size=1))
@@ -271,7 +336,15 @@ class PCIDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C_z, H / 4, W / 4) → (B, out_channels, H, W)."""
-        return self.layers(z)
+        layers = list(self.layers)
+        x, i = z, 0
+        while i < len(layers):
+            if isinstance(layers[i], nn.Upsample):  # an upsampling is always followed by a conv
+                conv = layers[i + 1]
+                x, i = upsample2x_conv3x3(x, conv.weight, conv.bias), i + 2
+            else:
+                x, i = layers[i](x), i + 1
+        return x
 
 
 def crops_from(batch_or_tensor: torch.Tensor | Mapping[str, torch.Tensor],

@@ -75,6 +75,23 @@ def test_bfloat16_is_close_to_float32_and_leaves_the_model_as_it_was(store, pci_
         embed_cells(pci_model, store, precision="int8")
 
 
+def test_float32_runs_channels_last_and_leaves_the_model_as_it_was(store, pci_model,
+                                                                  monkeypatch):
+    seen = []
+    features = pci_model.features
+
+    def spy(x, **kwargs):
+        seen.append((x.is_contiguous(memory_format=torch.channels_last),
+                     pci_model.source_encoder.blocks[1].conv.weight.is_contiguous(
+                         memory_format=torch.channels_last)))
+        return features(x, **kwargs)
+
+    monkeypatch.setattr(pci_model, "features", spy)
+    embed_cells(pci_model, store, batch_size=8)
+    assert seen and all(x and w for x, w in seen)
+    assert all(p.is_contiguous() for p in pci_model.parameters())
+
+
 def test_embed_cells_restores_training_mode(store, pci_model):
     pci_model.train()
     embed_cells(pci_model, store, batch_size=8)

@@ -14,7 +14,12 @@ import torch.nn.functional as F
 
 from cellrep_ml.models import build
 from cellrep_ml.models.pairing import PairSampler, apply_flips
-from cellrep_ml.models.pci import ConvReLUBN, PairedCellInpainting, PCIConfig
+from cellrep_ml.models.pci import (
+    ConvReLUBN,
+    PairedCellInpainting,
+    PCIConfig,
+    upsample2x_conv3x3,
+)
 
 
 def n_trainable(model: nn.Module) -> int:
@@ -122,6 +127,40 @@ def test_relu_then_batch_norm_in_every_encoder_block(yeast):
     assert (pre_bn >= 0).all()
     assert (out < 0).any()
     assert out.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize(("shape", "out"), [((2, 5, 4, 6), 3), ((1, 1, 1, 1), 2), ((3, 8, 5, 3), 7)])
+def test_fused_upsample_conv_is_upsample_then_conv(shape, out, memory_format):
+    """Same function and same gradients as nearest ×2 upsampling then a 3×3 same conv
+    (float64: equal to rounding), square or not, either memory layout."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    x = x.contiguous(memory_format=memory_format).requires_grad_()
+    w = torch.randn(out, shape[1], 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(out, generator=g, dtype=torch.float64, requires_grad=True)
+    expected = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), w, b, padding=1)
+    got = upsample2x_conv3x3(x, w, b)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn(expected.shape, generator=g, dtype=torch.float64)
+    for a, e in zip(torch.autograd.grad(got, (x, w, b), grad),
+                    torch.autograd.grad(expected, (x, w, b), grad), strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    no_bias = upsample2x_conv3x3(x, w, None)
+    torch.testing.assert_close(no_bias, expected - b.view(1, -1, 1, 1), rtol=1e-12, atol=1e-12)
+
+
+def test_decoder_forward_is_its_sequential_layers():
+    """The fused forward computes what running ``decoder.layers`` in order computes."""
+    torch.manual_seed(0)
+    model = build("pci", "tiny", protein_channels=1, marker_channels=2).double()
+    z = torch.rand(3, model.decoder.layers[0].in_channels, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.decoder(z), model.decoder.layers(z),
+                                   rtol=1e-12, atol=1e-12)
+    # The module list (and so the state dict of saved models) is the plain one.
+    assert [type(m).__name__ for m in model.decoder.layers][:8] == [
+        "Conv2d", "ReLU", "Conv2d", "ReLU", "Conv2d", "ReLU", "Upsample", "Conv2d"]
 
 
 def test_glorot_uniform_init(yeast):
