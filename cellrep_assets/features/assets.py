@@ -72,22 +72,29 @@ def _baseline_embeddings(method: str, folder, config: EmbeddingConfig):
                        batch_size=config.batch_size, precision=config.precision)
 
 
-def _scatter(cells: pl.DataFrame, emb: np.ndarray, title: str) -> bytes | None:
-    """PCA of the partition's cells coloured by localization class (cheap overview)."""
+def _scatter(table: str, method: str, version: str, dataset: str, cell_line: str,
+             warehouse, title: str) -> bytes | None:
+    """PCA of (a seeded sample of) the partition's cells, coloured by localization class."""
     from cellrep_ml.annotations import load_reference
+    from cellrep_ml.embed import vectors_of
     from cellrep_ml.evaluate.plots import umap_scatter_png
     from cellrep_ml.simulate import localization_labels
+    from cellrep_ml.warehouse import read_table
 
+    # Only the sample leaves DuckDB: a partition may hold millions of cells.
+    cells = read_table(
+        f"SELECT protein, embedding FROM {table} WHERE model_name = $m AND model_version = $v "
+        "AND dataset = $d AND cell_line = $c USING SAMPLE reservoir(3000 ROWS) REPEATABLE (0)",
+        {"m": method, "v": version, "d": dataset, "c": cell_line}, path=warehouse)
+    if cells.height < 3:
+        return None
     labels = localization_labels(load_reference(), cells["protein"].unique().to_list())
     lookup = dict(zip(labels["protein"], labels["label"], strict=True))
     classes = np.array([lookup.get(p, "unannotated") for p in cells["protein"]])
-    if emb.shape[0] < 3:
-        return None
-    rng = np.random.default_rng(0)
-    pick = rng.choice(emb.shape[0], size=min(3000, emb.shape[0]), replace=False)
-    x = emb[pick] - emb[pick].mean(axis=0)
+    x = vectors_of(cells, "embedding").astype(np.float64)
+    x -= x.mean(axis=0)
     _, _, vt = np.linalg.svd(x, full_matrices=False)
-    return umap_scatter_png(x @ vt[:2].T, classes[pick], title=title)
+    return umap_scatter_png(x @ vt[:2].T, classes, title=title)
 
 
 def build_cell_embeddings_asset(method: str) -> dg.AssetsDefinition:
@@ -148,13 +155,7 @@ def build_cell_embeddings_asset(method: str) -> dg.AssetsDefinition:
                 warehouse=warehouse)
         context.log.info(f"embedded {summary.n_cells} cells with {method} v{version} "
                          f"({summary.cells_per_s:.0f} cells/s) into {summary.table}")
-        from cellrep_ml.embed import vectors_of
-        from cellrep_ml.warehouse import read_features
-
-        rows = read_features("cell_embeddings", model_name=method, model_version=version,
-                             dataset=record.dataset, path=warehouse)
-        rows = rows.filter(pl.col("cell_line") == cell_line)
-        picture = _scatter(rows, vectors_of(rows, "embedding"),
+        picture = _scatter(summary.table, method, version, record.dataset, cell_line, warehouse,
                            f"{method} v{version}: {record.dataset} / {cell_line} (PCA)")
         yield dg.MaterializeResult(
             metadata={

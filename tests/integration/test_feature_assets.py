@@ -112,6 +112,7 @@ def test_champion_embeddings_and_profiles(env):
     for line in lines:
         meta = _run([_EMB["pci"]], screen_key(dkey, line), home, instance)
         assert meta["model_version"].value == champion and meta["chosen_via"].value == "champion"
+        assert meta["pca_by_compartment"].value.startswith("![PCA")
         _run([_EMB["classic"]], screen_key(dkey, line), home, instance)
     meta = _run([_PROF["pci"]], dkey, home, instance)
     assert meta["model_version"].value == champion
