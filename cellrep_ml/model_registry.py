@@ -36,6 +36,7 @@ __all__ = [
     "choose_version",
     "client",
     "load_version",
+    "rebuild",
     "score_tag",
     "set_champion",
     "set_tags",
@@ -120,7 +121,11 @@ def choose_version(dataset: str, method: str, *, home: Path | None = None,
             mv = max(versions, key=lambda v: int(v.version))
             via = "latest"
     else:
-        mv = c.get_model_version(name, str(version))
+        try:
+            mv = c.get_model_version(name, str(version))
+        except MlflowException as err:
+            raise LookupError(f"{name!r} version {version!r} is not registered: "
+                              f"{err.message}") from None
     return ModelChoice(name=name, version=str(mv.version), run_id=mv.run_id, method=method,
                        dataset=dataset, via=via)
 
@@ -155,8 +160,6 @@ def load_version(choice: ModelChoice, *, home: Path | None = None,
     """
     import torch
 
-    from cellrep_ml.models import build
-
     c = client(home)
     with tempfile.TemporaryDirectory(prefix="cellrep-model-") as tmp:
         try:
@@ -167,9 +170,16 @@ def load_version(choice: ModelChoice, *, home: Path | None = None,
                               f"and config.json: {err}") from err
         config = json.loads(config_path.read_text())
         state = torch.load(weights_path, map_location=map_location, weights_only=True)
+    return rebuild(config, state["model"]), config
+
+
+def rebuild(config: dict, state_dict: dict) -> nn.Module:
+    """The model a run's resolved ``config`` describes, with ``state_dict``, in eval mode."""
+    from cellrep_ml.models import build
+
     model = build(config["method"], config["model_config_name"], **config["build_kwargs"])
-    model.load_state_dict(state["model"])
-    return model.eval(), config
+    model.load_state_dict(state_dict)
+    return model.eval()
 
 
 def set_tags(choice_or_name: ModelChoice | str, version: str | None = None,

@@ -24,7 +24,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from cellrep_assets.features.conditions import DOWNSTREAM
+from cellrep_assets.features.conditions import DOWNSTREAM, embeddings_key
 from cellrep_assets.features.methods import FEATURE_METHODS
 from cellrep_assets.metadata import png_md
 from cellrep_assets.partitions import BY_DATASET, dataset_partitions
@@ -187,7 +187,7 @@ def build_evaluation_asset(method: str) -> dg.AssetsDefinition:
         name=method,
         key_prefix="evaluation",
         partitions_def=dataset_partitions,
-        deps=[dg.AssetDep(dg.AssetKey(["cell_embeddings", method]), partition_mapping=BY_DATASET),
+        deps=[dg.AssetDep(embeddings_key(method), partition_mapping=BY_DATASET),
               dg.AssetKey(["protein_features", method])],
         group_name="evaluation",
         kinds={"duckdb"},

@@ -185,17 +185,14 @@ def reference_channel_roles(cells: CBVAECells, membrane: str | None = None) -> d
 
 def load_run_model(out: str | Path) -> tuple[ConditionalBetaVAE, dict]:
     """The final model of a training run folder (``model.pt``), rebuilt, in eval mode."""
-    from cellrep_ml.models import build
+    from cellrep_ml.model_registry import rebuild
 
     path = Path(out) / "model.pt"
     if not path.is_file():
         raise InputError("no trained model in the run folder", path=path,
                          expected="model.pt written by cellrep_ml.train")
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    config = saved["config"]
-    model = build(config["method"], config["model_config_name"], **config["build_kwargs"])
-    model.load_state_dict(saved["model"])
-    return model.eval(), config
+    return rebuild(saved["config"], saved["model"]), saved["config"]
 
 
 def train_cbvae(crops: Sequence[str | Path], out: str | Path, *, kind: str = "reference",

@@ -31,16 +31,9 @@ def load_model(dataset: str, method: str, version: str, *, home: Path | None = N
     LookupError
         If the version is not registered or has no cellrep checkpoint.
     """
-    from mlflow.exceptions import MlflowException
-
     from cellrep_ml.model_registry import choose_version, load_version
 
-    try:
-        choice = choose_version(dataset, method, home=home, version=version)
-    except MlflowException as err:  # a pinned version the registry does not hold
-        raise LookupError(f"{method} version {version!r} of {dataset!r} is not registered: "
-                          f"{err.message}") from err
-    return load_version(choice, home=home)
+    return load_version(choose_version(dataset, method, home=home, version=version), home=home)
 
 
 def embed_sample(model, config: dict, cells: pl.DataFrame, *, dataset: str, layer: str,

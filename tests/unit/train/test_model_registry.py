@@ -32,6 +32,8 @@ def test_latest_until_a_champion_is_named_then_the_champion(partitions, tmp_path
     choice = mr.choose_version("toy", "pci")
     assert (choice.version, choice.via, choice.run_id) == ("1", "champion", first.run_id)
     assert mr.choose_version("toy", "pci", version="2").run_id == second.run_id
+    with pytest.raises(LookupError, match="version '7' is not registered"):
+        mr.choose_version("toy", "pci", version="7")
 
     mr.set_tags(choice, tags={mr.score_tag("knn"): 0.5})
     assert mr.version_tags(choice.name, "1")["cellrep.score.knn"] == "0.5"
