@@ -36,6 +36,7 @@ __all__ = [
     "choose_version",
     "client",
     "load_version",
+    "newest_version",
     "rebuild",
     "score_tag",
     "set_champion",
@@ -86,6 +87,26 @@ def _versions(c: mlflow.MlflowClient, name: str) -> list[Any]:
         return []
 
 
+def _newest(c: mlflow.MlflowClient, name: str, dataset: str, method: str) -> Any:
+    versions = _versions(c, name)
+    if not versions:
+        raise LookupError(f"no registered version of {name!r}: materialize "
+                          f"trained_model/{method} for dataset {dataset!r} first")
+    return max(versions, key=lambda v: int(v.version))
+
+
+def newest_version(dataset: str, method: str, *, home: Path | None = None) -> str:
+    """The highest registered version of ``cellrep-<dataset>-<method>``, alias or not.
+
+    Raises
+    ------
+    LookupError
+        If the model has no registered version.
+    """
+    name = tracking.registered_model_name(dataset, method)
+    return str(_newest(client(home), name, dataset, method).version)
+
+
 def choose_version(dataset: str, method: str, *, home: Path | None = None,
                    version: str | None = None) -> ModelChoice:
     """The version of ``cellrep-<dataset>-<method>`` to embed with.
@@ -113,13 +134,7 @@ def choose_version(dataset: str, method: str, *, home: Path | None = None,
             mv = c.get_model_version_by_alias(name, tracking.CHAMPION)
             via = tracking.CHAMPION
         except MlflowException:
-            versions = _versions(c, name)
-            if not versions:
-                raise LookupError(
-                    f"no registered version of {name!r}: materialize trained_model/{method} "
-                    f"for dataset {dataset!r} first") from None
-            mv = max(versions, key=lambda v: int(v.version))
-            via = "latest"
+            mv, via = _newest(c, name, dataset, method), "latest"
     else:
         try:
             mv = c.get_model_version(name, str(version))

@@ -130,7 +130,8 @@ def select_champion(dataset: str, method: str, partitions: Sequence[str | Path],
     LookupError
         If the model has no registered version.
     """
-    latest = mr.choose_version(dataset, method, home=home, version=_newest(dataset, method, home))
+    latest = mr.choose_version(dataset, method, home=home,
+                               version=mr.newest_version(dataset, method, home=home))
     before = mr.champion_version(dataset, method, home=home)
     sample = score_sample(partitions, max_cells=max_cells, seed=seed)
     model, config = mr.load_version(latest, home=home)
@@ -161,13 +162,3 @@ def select_champion(dataset: str, method: str, partitions: Sequence[str | Path],
                      champion_score=champ, promoted=promoted, reason=reason,
                      n_cells=int(sample.labels.size), n_classes=sample.n_classes)
 
-
-def _newest(dataset: str, method: str, home: Path | None) -> str:
-    from cellrep_ml import tracking
-
-    name = tracking.registered_model_name(dataset, method)
-    versions = mr.client(home).search_model_versions(f"name = '{name}'")
-    if not versions:
-        raise LookupError(f"no registered version of {name!r}: materialize "
-                          f"trained_model/{method} for dataset {dataset!r} first")
-    return str(max(int(v.version) for v in versions))

@@ -206,6 +206,9 @@ def _code_usage(method: str, dataset: str, version: str, folders, home) -> pl.Da
     }).with_columns(vector_series("histogram", mean))
 
 
+_MAX_PICTURE_PROTEINS = 400
+
+
 def _similarity_png(features: pl.DataFrame, title: str) -> bytes:
     """Protein × protein cosine similarity of the mean profiles, ordered by compartment."""
     import matplotlib.pyplot as plt
@@ -216,6 +219,10 @@ def _similarity_png(features: pl.DataFrame, title: str) -> bytes:
     from cellrep_ml.viz import figure_png
 
     means = features.filter(pl.col("stat") == "mean")
+    # The matrix is proteins²: a seeded sample keeps a 20,000-protein screen's picture (and
+    # memory) small; beyond a few hundred rows the heat map shows no more anyway.
+    if means.height > _MAX_PICTURE_PROTEINS:
+        means = means.sample(_MAX_PICTURE_PROTEINS, seed=0)
     labels = localization_labels(load_reference(), means["protein"].to_list())
     means = means.join(labels.select("protein", "label"), on="protein", how="left").with_columns(
         pl.col("label").fill_null("unannotated")).sort("label", "protein")
