@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from functools import cache
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -199,49 +199,62 @@ def _segment(
 
 
 def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
-    """``ndi.gaussian_filter(image.astype(np.float32), sigma, truncate=3.0)``, bit for bit.
+    """``ndi.gaussian_filter(image.astype(np.float32), sigma, truncate=3.0)``, to float32 rounding.
 
-    scipy filters an array along its contiguous last axis about three times faster than
-    along the first (it gathers every strided column into a buffer). So a 2D image is
-    filtered along Y on its transpose, then transposed back and filtered along X: the same
-    two 1D passes in the same order, hence the same numbers. The transposes are torch's
-    blocked copy (~0.7 ms for a 1024² float32 field; numpy's strided copy takes ~4).
-    3D stacks go to scipy directly (their Z axis is short, the transposes would not pay).
+    A 2D image goes through OpenCV's separable filter with scipy's kernel (the same
+    weights, radius ``int(3σ + 0.5)``) and scipy's ``reflect`` border (OpenCV's
+    ``BORDER_REFLECT``): ~2 ms for a 1024² field instead of ~11 for scipy's two 1D passes,
+    because OpenCV vectorises in float32 where scipy runs each line in float64. Values
+    differ from scipy's by at most a few float32 ulps (tested), which moves the threshold
+    mask by a pixel only where the smoothed intensity sits on the threshold to 1e-7.
+    3D stacks go to scipy (OpenCV's filters are 2D).
     """
     image = image.astype(np.float32, copy=False)
     if image.ndim != 2:
         return ndi.gaussian_filter(image, sigma, truncate=3.0)
-    cols = _transposed(image)
-    ndi.gaussian_filter1d(cols, sigma, axis=1, truncate=3.0, output=cols)
-    rows = _transposed(cols)
-    return ndi.gaussian_filter1d(rows, sigma, axis=1, truncate=3.0, output=rows)
+    kernel = _gaussian_kernel(sigma, truncate=3.0)
+    cv2 = _opencv()
+    return cv2.sepFilter2D(np.ascontiguousarray(image), -1, kernel, kernel, borderType=cv2.BORDER_REFLECT)
 
 
-def _transposed(a: np.ndarray) -> np.ndarray:
-    """A C-contiguous copy of ``a.T`` (2D float32)."""
-    out = np.empty(a.shape[::-1], a.dtype)
-    with _torch_one_thread() as torch:
-        torch.from_numpy(out).copy_(torch.from_numpy(a).t())
-    return out
+def _gaussian_kernel(sigma: float, *, truncate: float) -> np.ndarray:
+    """The normalised 1D Gaussian weights scipy uses for ``sigma`` and ``truncate``."""
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    weights = np.exp(-0.5 / (sigma * sigma) * x * x)
+    return (weights / weights.sum()).astype(np.float32)
 
 
-@contextmanager
-def _torch_one_thread():
-    """torch (imported on first use), its intra-op threads set to 1 for the block.
+@cache
+def _opencv():
+    """``cv2``, imported on first use with its thread pool off.
 
-    The copies used here are memory-bound: a second thread adds CPU time (its start and
-    spin-wait) without saving much wall time, and crop workers already use every core.
+    Crop workers are one process per core already; OpenCV's own threads would compete
+    with the other workers for the same cores (and make per-core rates meaningless).
     """
-    import torch
+    import cv2
 
-    n = torch.get_num_threads()
-    if n != 1:
-        torch.set_num_threads(1)
-    try:
-        yield torch
-    finally:
-        if n != 1:
-            torch.set_num_threads(n)
+    cv2.setNumThreads(1)
+    return cv2
+
+
+def _label(mask: np.ndarray, *, full: bool = False) -> tuple[np.ndarray, int]:
+    """``ndi.label(mask)`` as int32 (4-connected; 8-connected with ``full``).
+
+    2D masks go to OpenCV's connected components (~2× faster on a field of nuclei). Its
+    SAUF algorithm scans pixel by pixel and numbers components in raster order of their
+    first pixel, as scipy does (tested; OpenCV's default 8-connected algorithm scans 2×2
+    blocks and numbers differently). 3D masks go to scipy.
+    """
+    if mask.ndim != 2:
+        structure = np.ones((3,) * mask.ndim, bool) if full else None
+        labels, n = ndi.label(mask, structure=structure)
+        return labels.astype(np.int32, copy=False), n
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    cv2 = _opencv()
+    n, labels = cv2.connectedComponentsWithAlgorithm(mask.view(np.uint8), 8 if full else 4,
+                                                     cv2.CV_32S, cv2.CCL_SAUF)
+    return labels, n - 1
 
 
 # ------------------------------------------------------------------- threshold and fill
@@ -263,39 +276,35 @@ def _label_filled(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     The same as ``ndi.label(_fill_holes(mask))``, cheaper. A 2D mask is labelled first; its
     Euler number E8 (8-connected objects minus holes, from counts of 2×2 pixel patterns)
     then tells whether it can have holes at all: holes = C8 - E8 ≤ C4 - E8, with C4 ≥ C8
-    the number of 4-connected labels. Only then is the background labelled (the costlier
-    labelling: one big component). A hole that borders a single object joins that object
-    without relabelling: the object's first pixel in raster order stays first, so the
-    numbering is ``ndi.label``'s on the filled mask.
+    the number of 4-connected labels. Only then are the holes looked for
+    (:func:`_hole_pixels`). A hole that borders a single object joins that object without
+    relabelling: the object's first pixel in raster order stays first, so the numbering is
+    ``ndi.label``'s on the filled mask. ``mask`` is filled in place.
     """
     if mask.ndim != 2:
         mask = _fill_holes(mask)
-        labels, n = ndi.label(mask)
-        return mask, labels.astype(np.int32, copy=False), n
-    labels, n = ndi.label(mask)
-    labels = labels.astype(np.int32, copy=False)
+        return mask, *_label(mask)
+    mask = np.ascontiguousarray(mask, dtype=bool)  # filled through flat views below
+    labels, n = _label(mask)
     if _euler8(mask) == n:
         return mask, labels, n
-    holes = _holes(mask)
+    holes = _hole_pixels(mask)
     if holes is None:
         return mask, labels, n
-    background, hole_ids = holes
-    pixels = np.flatnonzero(np.take(hole_ids, background))
+    pixels, hole_of = holes
     # The labels around each hole (hole pixels never lie on the border).
     width = mask.shape[1]
     around = labels.ravel()[pixels[:, None] + np.array([-width, -1, 1, width])]
-    hole = np.broadcast_to(background.ravel()[pixels][:, None], around.shape)
+    hole = np.broadcast_to(hole_of[:, None], around.shape)
     found = around > 0
     pairs = np.unique(np.stack([hole[found], around[found]]), axis=1)
+    mask.ravel()[pixels] = True
     if len(np.unique(pairs[0])) != pairs.shape[1]:
         # A hole between two objects joins them: label the filled mask afresh.
-        mask = mask | np.take(hole_ids > 0, background)
-        labels, n = ndi.label(mask)
-        return mask, labels.astype(np.int32, copy=False), n
-    owner = np.zeros(len(hole_ids), np.int32)
+        return mask, *_label(mask)
+    owner = np.zeros(int(hole_of.max()) + 1, np.int32)
     owner[pairs[0]] = pairs[1]
-    mask.ravel()[pixels] = True
-    labels.ravel()[pixels] = owner[background.ravel()[pixels]]
+    labels.ravel()[pixels] = owner[hole_of]
     return mask, labels, n
 
 
@@ -312,12 +321,68 @@ def _euler8(mask: np.ndarray) -> int:
     return (ones - threes - 2 * diagonals) // 4
 
 
+def _hole_pixels(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Flat indices of the hole pixels of a 2D mask and a hole number (≥ 1) for each;
+    ``None`` without holes.
+
+    Labelling the whole background (one component as large as the field) cost ~11 ms a
+    field; holes are usually one or two. Digital topology locates them: with 8-connected
+    objects and 4-connected background, each hole is enclosed by exactly one object, whose
+    Euler number is 1 minus its holes. Gray's 2×2 counts are attributed to objects (all
+    foreground pixels of a 2×2 window belong to one 8-connected object), so only objects
+    with a hole are visited; inside such an object's bounding box (or one a pixel larger)
+    its holes are the background components that do not touch the box's edge (a hole
+    touching it would have a way out that does not cross the object), and any such
+    component is a hole of the mask. About 4 ms instead of ~11 for one hole in a 1024² field.
+    """
+    cv2 = _opencv()
+    n8, objects = cv2.connectedComponentsWithAlgorithm(mask.view(np.uint8), 8, cv2.CV_32S, cv2.CCL_SAUF)
+    height, width = mask.shape
+    p = np.pad(mask, 1).view(np.uint8)
+    filled = p[:-1, :-1] + p[:-1, 1:]
+    filled += p[1:, :-1]
+    filled += p[1:, 1:]
+    filled -= 1  # 0, 1, 2: windows on an object's edge; 255, 3: empty or full windows
+    windows = np.flatnonzero(filled < 3)
+    count_on = filled.ravel()[windows] + 1
+    # Window (y, x) covers pixels y-1..y, x-1..x; its object is the largest label there.
+    wy, wx = np.divmod(windows, width + 1)
+    diagonal = (count_on == 2) & (p[wy, wx] == p[wy + 1, wx + 1])
+    weight = (count_on == 1).astype(np.int64) - (count_on == 3) - 2 * diagonal
+    owner = np.zeros(len(windows), np.int32)
+    for y, x in ((wy - 1, wx - 1), (wy - 1, wx), (wy, wx - 1), (wy, wx)):
+        inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+        at = objects[np.clip(y, 0, height - 1), np.clip(x, 0, width - 1)]
+        np.maximum(owner, np.where(inside, at, 0), out=owner)
+    euler4 = np.bincount(owner, weights=weight, minlength=n8)  # 4 × (1 - holes)
+    pixels, hole_of, count = [], [], 0
+    for k in np.flatnonzero(euler4[1:] < 4) + 1:
+        # The object's box, grown by up to a pixel: its windows reach each extreme pixel (the
+        # window diagonal to an extreme pixel holds no other foreground, so it counts).
+        mine = owner == k
+        y0, y1 = max(int(wy[mine].min()) - 1, 0), min(int(wy[mine].max()) + 1, height)
+        x0, x1 = max(int(wx[mine].min()) - 1, 0), min(int(wx[mine].max()) + 1, width)
+        background, nb = _label(~mask[y0:y1, x0:x1])
+        enclosed = np.ones(nb + 1, bool)
+        enclosed[0] = False
+        enclosed[_border_ids(background)] = False
+        ys, xs = np.nonzero(enclosed[background])
+        pixels.append((ys + y0) * width + (xs + x0))
+        hole_of.append(background[ys, xs] + count)
+        count += nb
+    if not pixels or not sum(len(px) for px in pixels):
+        return None
+    # A hole inside a holed object that itself sits in another's hole is found twice.
+    pixels, first = np.unique(np.concatenate(pixels), return_index=True)
+    return pixels, np.concatenate(hole_of)[first]
+
+
 def _holes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Background labels, and a table of their ids that keeps holes' and zeroes the others';
     ``None`` without holes. Holes are background components (4-connected, in 3D
     6-connected) that touch no face of the array.
     """
-    background, n = ndi.label(~mask)
+    background, n = _label(~mask)
     if n <= 1:
         return None
     outside = np.zeros(n + 1, bool)
@@ -448,6 +513,29 @@ def _split_pixels(
     return n + int((~first).sum())
 
 
+def _distance(region: np.ndarray) -> np.ndarray:
+    """``ndi.distance_transform_edt(region)``, bit for bit (float64).
+
+    In 2D OpenCV's exact transform (Felzenszwalb's, ``DIST_MASK_PRECISE``) runs ~3× faster;
+    it returns float32 square roots of the integer squared distances, from which those
+    integers are recovered exactly by rounding (while distances stay below 2^11 pixels: a
+    float32 root is off by at most 2^-24 of itself) and their float64 roots taken, which is
+    what scipy returns. Like scipy it sees no background beyond the array's edge. 3D, and
+    the rare object too large for the rounding, go to scipy.
+    """
+    if region.ndim != 2:
+        return ndi.distance_transform_edt(region)
+    cv2 = _opencv()
+    root32 = cv2.distanceTransform(np.ascontiguousarray(region, dtype=bool).view(np.uint8),
+                                   cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    if root32.size and root32.max() >= 2048:
+        return ndi.distance_transform_edt(region)
+    squared = root32.astype(np.float64)
+    np.square(squared, out=squared)
+    np.rint(squared, out=squared)
+    return np.sqrt(squared, out=squared)
+
+
 def _round_by_moments(lab: np.ndarray, coords: tuple[np.ndarray, ...], areas: np.ndarray) -> np.ndarray:
     """(n + 1,) bool: 2D objects whose second moments are those of a full, round ellipse."""
     y, x = (c.astype(np.float64) for c in coords)
@@ -482,7 +570,7 @@ def _split_packed(owner: np.ndarray, radius: float, half: int) -> tuple[np.ndarr
     region = owner > 0
     size = 2 * half + 1
     footprint = (1, size, size) if owner.ndim == 3 else (size, size)
-    dist = ndi.distance_transform_edt(region)
+    dist = _distance(region)
     # Each object sees zeros beyond its box, as if alone in it (mode="constant"): the
     # gaps hold no distance, and the smoothing's spill into them is cleared.
     dist = ndi.gaussian_filter(dist, 1.0, truncate=2.0, mode="constant")
@@ -490,7 +578,7 @@ def _split_packed(owner: np.ndarray, radius: float, half: int) -> tuple[np.ndarr
     peaks = (dist == ndi.maximum_filter(dist, size=footprint, mode="constant")) & region
     # Shallow bumps near the boundary are not nucleus centres.
     peaks &= dist >= 0.3 * radius
-    markers, n_markers = ndi.label(peaks, structure=np.ones((3,) * owner.ndim, bool))
+    markers, n_markers = _label(peaks, full=True)
     marker_owner = np.zeros(n_markers + 1, np.int32)
     hit = markers > 0
     marker_owner[markers[hit]] = owner[hit]  # each marker lies in one object

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import inspect
 import json
 import multiprocessing
@@ -10,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +191,10 @@ def crop_partition(
         tmp_dir.mkdir()
         tmp_store = tmp_dir / STORE_NAME
         writer: CropStoreWriter | None = None
-        for row, (crops, field_rejected) in zip(rows, _results(rows, config, options, workers), strict=True):
+        results = _results(rows, config, options, workers)
+        for i, (row, (crops, field_rejected)) in enumerate(zip(rows, results, strict=True)):
+            if i % _TRIM_EVERY == _TRIM_EVERY - 1:
+                _trim_heap()
             rejected.update(field_rejected)
             if len(crops) < config.min_cells_per_field:
                 rejected["field_too_few_cells"] += len(crops)
@@ -246,14 +252,50 @@ def _results(
         pending = []
         it = iter(rows)
         for row in it:
-            pending.append(pool.submit(process_field, row, config, options))
+            pending.append(pool.submit(_process_field_in_worker, row, config, options))
             if len(pending) >= 2 * workers:
                 break
         for row in it:
             yield pending.pop(0).result()
-            pending.append(pool.submit(process_field, row, config, options))
+            pending.append(pool.submit(_process_field_in_worker, row, config, options))
         for fut in pending:
             yield fut.result()
+
+
+# glibc raises its mmap threshold after the first field-sized arrays are freed, so the
+# later ones (1-8 MiB temporaries) come from its heap, which fragments: without a trim a
+# crop process's peak memory kept growing with the screen (476 / 568 MiB at 48 / 192
+# fields of the crop benchmark); with one every 16 fields it stays flat (449 / 463). A
+# trim costs ~2 ms, and the pages it hands back fault in again: trimming after every
+# field would add ~20 ms of kernel time per field, every 16th adds ~0.5 ms.
+_TRIM_EVERY = 16
+_fields_in_this_worker = 0
+
+
+def _process_field_in_worker(row: Mapping, config: ScreenConfig, options: CropOptions
+                             ) -> tuple[CellCrops, dict[str, int]]:
+    """:func:`process_field` in a pool worker, trimming the worker's heap every few fields."""
+    global _fields_in_this_worker
+    _fields_in_this_worker += 1
+    if _fields_in_this_worker % _TRIM_EVERY == 0:
+        _trim_heap()
+    return process_field(row, config, options)
+
+
+def _trim_heap() -> None:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere a no-op)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@cache
+def _libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
 
 
 def _writer(path: Path, channel_names: list[str], crop_shape: tuple[int, ...],

@@ -1,6 +1,7 @@
 """Crops (geometry, normalisation, QC), splits, and crop_partition end to end."""
 
 import json
+import platform
 
 import numpy as np
 import polars as pl
@@ -307,6 +308,24 @@ def test_crop_partition_workers_match_serial(tmp_path, screen):
     np.testing.assert_array_equal(a[np.arange(len(a))], b[np.arange(len(b))])
 
 
+def test_crop_partition_trims_the_heap_every_few_fields(tmp_path, screen, monkeypatch):
+    """The heap is handed back every _TRIM_EVERY fields (memory stays flat on big
+    screens), and a trim changes nothing in the output."""
+    import cellrep_ml.segment.pipeline as pipeline
+
+    index, config = screen
+    reference = crop_partition(index, config, tmp_path / "a")
+    trims = []
+    real_trim = pipeline._trim_heap
+    monkeypatch.setattr(pipeline, "_TRIM_EVERY", 2)
+    monkeypatch.setattr(pipeline, "_trim_heap", lambda: trims.append(1) or real_trim())
+    trimmed = crop_partition(index, config, tmp_path / "b")
+    assert len(trims) == len(index) // 2 == 3
+    if platform.libc_ver()[0] == "glibc":
+        assert pipeline._libc() is not None  # the trim is real, not a no-op
+    assert pl.read_parquet(trimmed.cells_path).equals(pl.read_parquet(reference.cells_path))
+
+
 def test_crop_partition_bad_fractions_fail_before_work(tmp_path, screen):
     index, config = screen
     with pytest.raises(ValueError, match="fractions"):
@@ -412,3 +431,22 @@ def test_pipeline_hands_the_segmented_pixels_to_the_crops():
         for name in ("images", "masks", "labels", "centroids", "areas", "mask_fraction", "padded"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
         assert a.rejected == b.rejected
+
+
+@pytest.mark.parametrize("shape", [(2, 40, 50), (3, 4, 30, 33), (1, 9, 70)])
+def test_windows_equal_cuts_from_a_zero_padded_field(shape):
+    """Windows reaching outside the field (every side and corner, and fields smaller than
+    a window) hold 0 there, as if cut from the field padded with zeros."""
+    from cellrep_ml.segment.crops import _windows
+
+    rng = np.random.default_rng(4)
+    arr = rng.integers(1, 1000, shape).astype(np.uint16)
+    size, pad = 16, 40
+    padded = np.pad(arr, ((0, 0),) * (arr.ndim - 2) + ((pad, pad), (pad, pad)))
+    ny, nx = shape[-2:]
+    origin = np.stack([rng.integers(-size - 2, ny + 2, 300), rng.integers(-size - 2, nx + 2, 300)], axis=1)
+    got = _windows(arr, origin, size)
+    assert got.shape == (300, *shape[:-2], size, size) and got.flags.c_contiguous
+    for i, (y, x) in enumerate(origin):
+        want = padded[..., y + pad:y + pad + size, x + pad:x + pad + size]
+        np.testing.assert_array_equal(got[i], want)

@@ -297,7 +297,7 @@ def test_label_filled_is_fill_then_label(name):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("shape", [(1024, 1024), (37, 300), (5, 40, 33)])
+@pytest.mark.parametrize("shape", [(1024, 1024), (37, 300), (3, 5), (1, 40), (5, 40, 33)])
 def test_smoothing_is_scipys_gaussian(shape):
     from scipy import ndimage as ndi
 
@@ -306,8 +306,32 @@ def test_smoothing_is_scipys_gaussian(shape):
     img = (np.random.default_rng(0).random(shape) * 4000).astype(np.uint16)
     want = ndi.gaussian_filter(img.astype(np.float32), 2.0, truncate=3.0)
     got = _smooth(img, 2.0)
-    assert got.dtype == np.float32
-    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    # Same kernel and border; OpenCV sums in float32 where scipy sums in float64.
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-3)
+    for sigma in (0.7, 1.0, 3.3):
+        np.testing.assert_allclose(_smooth(img, sigma), ndi.gaussian_filter(img.astype(np.float32), sigma, truncate=3.0),
+                                   rtol=2e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_label_numbers_components_as_scipy_does(full):
+    from scipy import ndimage as ndi
+
+    from cellrep_ml.segment._nuclei import _label
+
+    structure = np.ones((3, 3), bool) if full else None
+    rng = np.random.default_rng(1)
+    masks = [np.zeros((7, 9), bool), np.ones((7, 9), bool), np.ones((1, 12), bool)]
+    for _ in range(60):
+        shape = tuple(rng.integers(1, 200, 2))
+        field = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.5, 4))
+        masks.append(field > np.quantile(field, rng.uniform(0.3, 0.8)))
+    for mask in masks:
+        want, n_want = ndi.label(mask, structure=structure)
+        got, n_got = _label(mask, full=full)
+        assert got.dtype == np.int32 and n_got == n_want
+        np.testing.assert_array_equal(got, want)
 
 
 # ---------------------------------------------------------------- match_f1
@@ -361,3 +385,55 @@ def test_stardist_real_image_f1():
     assert r["f1"] >= 0.70, r
     unsplit = segment_nuclei(img, exclude_border=False, min_area=20, split_touching=False)
     assert match_f1(unsplit, true)["f1"] < r["f1"] - 0.1
+
+
+@pytest.mark.parametrize("shape", [(1, 9), (40, 1), (64, 80), (300, 257)])
+def test_distance_is_scipys_edt_bit_for_bit(shape):
+    from scipy import ndimage as ndi
+
+    from cellrep_ml.segment._nuclei import _distance
+
+    rng = np.random.default_rng(5)
+    for level in (0.2, 0.6, 0.97):  # sparse to almost no background (long distances)
+        smooth = ndi.gaussian_filter(rng.random(shape), 3)
+        region = smooth <= np.quantile(smooth, level)
+        region[tuple(rng.integers(0, n) for n in shape)] = False  # at least one background pixel
+        got = _distance(region)
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, ndi.distance_transform_edt(region))
+
+
+def _holey_masks(seed: int, n: int):
+    """Noisy blobs, rings, rings in rings' holes and specks: many holes of every kind."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        shape = tuple(int(v) for v in rng.integers(8, 160, 2))
+        field = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.6, 3))
+        mask = field > np.quantile(field, rng.uniform(0.3, 0.7))
+        yy, xx = np.mgrid[: shape[0], : shape[1]]
+        for _ in range(int(rng.integers(0, 4))):  # rings, some nested, some cut by the border
+            cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+            r = rng.uniform(3, 30)
+            d = np.hypot(yy - cy, xx - cx)
+            mask |= (d > r) & (d < r + rng.uniform(1, 3))
+            mask &= ~((d < r) & (d > r - 2))  # a moat inside: a ring in a ring's hole
+        yield mask
+
+
+def test_label_filled_matches_scipy_fill_then_label_on_random_masks():
+    from scipy import ndimage as ndi
+
+    from cellrep_ml.segment._nuclei import _label_filled
+
+    with_holes = 0
+    for mask in _holey_masks(seed=11, n=150):
+        want_mask = ndi.binary_fill_holes(mask)
+        with_holes += int((want_mask != mask).any())
+        want, n_want = ndi.label(want_mask)
+        got_mask, got, n_got = _label_filled(mask.copy())
+        assert n_got == n_want
+        np.testing.assert_array_equal(got_mask, want_mask)
+        np.testing.assert_array_equal(got, want)
+    assert with_holes > 50  # the test saw plenty of holes
