@@ -18,7 +18,7 @@ from cellrep_assets.features import (
 from cellrep_assets.resources import default_resources
 from cellrep_assets.screens import cell_crops, inbox_sensor, raw_screen, screen_job
 from cellrep_assets.training import trained_models
-from cellrep_assets.versioning import merge_successful_runs
+from cellrep_assets.versioning import catch_up_merges, merge_successful_runs
 
 defs = dg.Definitions(
     assets=[raw_screen, cell_crops, *trained_models, *champions, *cell_embeddings,
@@ -26,6 +26,6 @@ defs = dg.Definitions(
             *enrichment_assets],
     jobs=[screen_job],
     schedules=[nightly_reembedding],
-    sensors=[inbox_sensor, champion_sensor, automation_sensor, merge_successful_runs],
+    sensors=[inbox_sensor, champion_sensor, automation_sensor, merge_successful_runs, catch_up_merges],
     resources=default_resources(),
 )

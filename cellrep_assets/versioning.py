@@ -12,6 +12,7 @@ where it stopped.
 # No `from __future__ import annotations` here: Dagster reads the resource annotations of
 # the sensor function at definition time and cannot resolve them as strings.
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -142,3 +143,71 @@ def merge_successful_runs(context: dg.RunStatusSensorContext, store: DataStore, 
                                                     job=run.job_name))
     versioned.discard(branch)
     context.log.info(f"run {run.run_id}: merged {branch} into {versioned.main} at {head[:12]}")
+
+
+# A branch is caught up only this long after its run group's last run ended: the merge
+# sensor handles fresh successes, and the two must not merge the same branch at once.
+CATCH_UP_AFTER_S = 600.0
+RUN_BRANCH_PREFIX = "run-"  # branch_name's
+
+
+@dg.sensor(
+    name="versioned_store_catch_up",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=300,
+    description="Merge branches whose runs succeeded but whose merge failed (store unreachable, "
+                "conflict since resolved); failed runs' branches stay.",
+)
+def catch_up_merges(context: dg.SensorEvaluationContext, store: DataStore, home: DataHome):
+    """Retry the merges ``versioned_store_merge`` could not make.
+
+    That sensor sees each successful run once: when its merge raises (lakeFS down, a
+    conflict), Dagster reports the error and moves on. Here every ``run-<id>`` branch of
+    the store is looked at again. It is merged when the latest run of its run group (the
+    root run and its re-executions, which share the branch) succeeded, no run of the group
+    is still going, and the last one ended at least ``CATCH_UP_AFTER_S`` ago. A branch
+    whose latest run failed stays, as do branches of runs this instance does not know.
+    """
+    versioned = store.open(home.path)
+    merged, failed = [], []
+    for branch in versioned.branches():
+        run_id = branch.removeprefix(RUN_BRANCH_PREFIX) if branch.startswith(RUN_BRANCH_PREFIX) else ""
+        run = _latest_finished_run(context.instance, run_id) if run_id else None
+        if run is None or run.status != dg.DagsterRunStatus.SUCCESS:
+            continue
+        try:
+            head = versioned.merge(branch, message=f"merge {branch}: run {run.run_id} succeeded (caught up)",
+                                   metadata=commit_metadata(run_id=run.run_id, root_run_id=run_root(run),
+                                                            job=run.job_name))
+            versioned.discard(branch)
+        except Exception as exc:  # one branch's failure must not stop the others
+            failed.append(branch)
+            context.log.warning(f"{branch}: merge failed again ({type(exc).__name__}: {exc})")
+            continue
+        merged.append(branch)
+        context.log.info(f"{branch}: merged into {versioned.main} at {head[:12]}")
+    if failed:
+        raise dg.Failure(f"{len(failed)} branch(es) of successful runs could not be merged: "
+                         f"{', '.join(failed)} (merged: {len(merged)})")
+    return dg.SkipReason(f"caught up {len(merged)} branch(es): {', '.join(merged)}" if merged
+                         else "no successful run's branch left unmerged")
+
+
+
+def _latest_finished_run(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRun | None:
+    """The latest run of ``run_id``'s run group if the whole group has finished, at least
+    ``CATCH_UP_AFTER_S`` ago; ``None`` otherwise (or for a run this instance does not know)."""
+    try:
+        group = instance.get_run_group(run_id)
+    except dg.DagsterRunNotFoundError:
+        return None
+    if group is None:
+        return None
+    records = instance.get_run_records(filters=dg.RunsFilter(run_ids=[r.run_id for r in group[1]]))
+    if not records or any(not r.dagster_run.is_finished for r in records):
+        return None
+    latest = max(records, key=lambda r: r.create_timestamp)
+    ended = max(r.end_time or r.update_timestamp.timestamp() for r in records)
+    if time.time() - ended < CATCH_UP_AFTER_S:
+        return None
+    return latest.dagster_run

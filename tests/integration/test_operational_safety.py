@@ -718,7 +718,7 @@ def test_every_sensor_and_schedule_defaults_to_running():
     statuses = {s.name: s.default_status for s in repo.sensor_defs}
     statuses.update({s.name: s.default_status for s in repo.schedule_defs})
     assert {"inbox_sensor", "champion_sensor", "cellrep_automation", "versioned_store_merge",
-            "nightly_reembedding"} <= set(statuses)
+            "versioned_store_catch_up", "nightly_reembedding"} <= set(statuses)
     stopped = {name: status for name, status in statuses.items()
                if status not in (dg.DefaultSensorStatus.RUNNING, dg.DefaultScheduleStatus.RUNNING)}
     assert not stopped, f"not running by default: {stopped}"
