@@ -11,6 +11,12 @@ attaches the figures as metadata.
 reference model's for ``latent_mad`` and the perturbation's ``reference`` test, the
 structure model's for ``coupling``, ``imputation`` and the ``drug`` / ``sham`` tests; the
 rate–distortion sweep trains its own models and carries the reference model's version.
+
+Warehouse access: the analyses read crops and registered models, not the warehouse, and
+take minutes (the β sweep trains models), so the asset is not in the ``warehouse`` pool,
+which would keep every other writer waiting that long. Its one write goes through
+:func:`cellrep_ml.warehouse.replace_partition`, which takes the writers' lock for the
+short write and waits for it rather than failing.
 """
 
 # No `from __future__ import annotations`: Dagster resolves Config/resource annotations.
@@ -22,6 +28,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from cellrep_assets.evaluation.assets import LOCK_WAIT_S
 from cellrep_assets.features.conditions import DOWNSTREAM
 from cellrep_assets.metadata import png_md
 from cellrep_assets.partitions import BY_DATASET, dataset_partitions
@@ -120,7 +127,6 @@ def _registered(dataset: str, method: str, kind: str, home: Path):
     kinds={"pytorch", "duckdb"},
     owners=OWNERS,
     code_version="1",
-    pool="warehouse",
     automation_condition=DOWNSTREAM,
     description="β-VAE analyses (Donovan-Maiye 2022): latent MAD ranking, coupling, imputation, "
                 "simulated drug vs sham, rate–distortion over β.",
@@ -214,7 +220,8 @@ def cbvae_analysis(context: dg.AssetExecutionContext, config: CBVAEAnalysisConfi
                        _long(sweep.with_columns(pl.format("beta={}", "beta").alias("key")),
                              "key", ["beta", "rate", "distortion", "elbo", "active_dims"])))
     frame = _results(ds, tables)
-    n = replace_partition(TABLE, frame, {"dataset": ds}, path=warehouse_path(home.path))
+    n = replace_partition(TABLE, frame, {"dataset": ds}, path=warehouse_path(home.path),
+                          timeout=LOCK_WAIT_S)
 
     detected = perturbation.filter(pl.col("p_bonferroni") < 0.05)
     summary = {t: f"{detected.filter(pl.col('test') == t).height}/"
