@@ -14,6 +14,7 @@ where it stopped.
 
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -193,7 +194,6 @@ def catch_up_merges(context: dg.SensorEvaluationContext, store: DataStore, home:
                          else "no successful run's branch left unmerged")
 
 
-
 def _latest_finished_run(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRun | None:
     """The latest run of ``run_id``'s run group if the whole group has finished, at least
     ``CATCH_UP_AFTER_S`` ago; ``None`` otherwise (or for a run this instance does not know)."""
@@ -207,7 +207,12 @@ def _latest_finished_run(instance: dg.DagsterInstance, run_id: str) -> dg.Dagste
     if not records or any(not r.dagster_run.is_finished for r in records):
         return None
     latest = max(records, key=lambda r: r.create_timestamp)
-    ended = max(r.end_time or r.update_timestamp.timestamp() for r in records)
+    ended = max(r.end_time if r.end_time is not None else _epoch(r.update_timestamp) for r in records)
     if time.time() - ended < CATCH_UP_AFTER_S:
         return None
     return latest.dagster_run
+
+
+def _epoch(moment: datetime) -> float:
+    """Seconds since the epoch of a run storage timestamp (stored naive, in UTC)."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()

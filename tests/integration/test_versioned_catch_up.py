@@ -99,3 +99,13 @@ def test_catch_up_sensor_definition():
     assert catch_up_merges.name == "versioned_store_catch_up"
     assert catch_up_merges.default_status == dg.DefaultSensorStatus.RUNNING
     assert branch_name("abc") == versioning.RUN_BRANCH_PREFIX + "abc"
+
+
+def test_run_storage_timestamps_are_read_as_utc():
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from cellrep_assets.versioning import _epoch
+
+    assert _epoch(datetime(1970, 1, 1, 0, 0, 10)) == 10.0  # naive: UTC, whatever the local zone
+    assert _epoch(datetime(1970, 1, 1, 1, 0, 10, tzinfo=timezone(timedelta(hours=1)))) == 10.0
+    assert _epoch(datetime(1970, 1, 1, 0, 0, 10, tzinfo=UTC)) == 10.0
