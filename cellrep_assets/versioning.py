@@ -23,6 +23,7 @@ from cellrep_assets.resources import DataHome
 from cellrep_ml.config import versions_dir
 from cellrep_ml.settings import LakeFSSettings
 from cellrep_ml.versioning import VersionedStore, branch_name, commit_metadata
+from cellrep_ml.versioning.base import RUN_BRANCH_PREFIX
 from cellrep_ml.versioning.local import LocalStore
 
 BACKENDS = ("local", "lakefs")
@@ -149,7 +150,6 @@ def merge_successful_runs(context: dg.RunStatusSensorContext, store: DataStore, 
 # A branch is caught up only this long after its run group's last run ended: the merge
 # sensor handles fresh successes, and the two must not merge the same branch at once.
 CATCH_UP_AFTER_S = 600.0
-RUN_BRANCH_PREFIX = "run-"  # branch_name's
 
 
 @dg.sensor(

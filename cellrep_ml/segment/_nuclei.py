@@ -286,9 +286,10 @@ def _label_filled(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         return mask, *_label(mask)
     mask = np.ascontiguousarray(mask, dtype=bool)  # filled through flat views below
     labels, n = _label(mask)
-    if _euler8(mask) == n:
+    padded, on = _window_counts(mask)
+    if _euler8_of(padded, on) == n:
         return mask, labels, n
-    holes = _hole_pixels(mask)
+    holes = _hole_pixels(mask, padded, on)
     if holes is None:
         return mask, labels, n
     pixels, hole_of = holes
@@ -310,20 +311,30 @@ def _label_filled(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
 
 def _euler8(mask: np.ndarray) -> int:
     """Euler number of a 2D mask, 8-connected (objects minus holes), by Gray's 2×2 counts."""
+    return _euler8_of(*_window_counts(mask))
+
+
+def _window_counts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mask padded by one pixel (uint8), and how many pixels are on in each of its 2×2
+    windows; window (y, x) covers pixels y-1..y, x-1..x of the mask."""
     p = np.pad(mask, 1).view(np.uint8)
-    a, b, c, d = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]
-    filled = a + b
-    filled += c
-    filled += d
-    ones = np.count_nonzero(filled == 1)
-    threes = np.count_nonzero(filled == 3)
-    diagonals = np.count_nonzero((filled == 2) & (a == d))  # a, d on; or b, c on
+    on = p[:-1, :-1] + p[:-1, 1:]
+    on += p[1:, :-1]
+    on += p[1:, 1:]
+    return p, on
+
+
+def _euler8_of(p: np.ndarray, on: np.ndarray) -> int:
+    """:func:`_euler8` from :func:`_window_counts`."""
+    ones = np.count_nonzero(on == 1)
+    threes = np.count_nonzero(on == 3)
+    diagonals = np.count_nonzero((on == 2) & (p[:-1, :-1] == p[1:, 1:]))  # a, d on; or b, c on
     return (ones - threes - 2 * diagonals) // 4
 
 
-def _hole_pixels(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def _hole_pixels(mask: np.ndarray, p: np.ndarray, on: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Flat indices of the hole pixels of a 2D mask and a hole number (≥ 1) for each;
-    ``None`` without holes.
+    ``None`` without holes. ``p`` and ``on`` are :func:`_window_counts` of the mask.
 
     Labelling the whole background (one component as large as the field) cost ~11 ms a
     field; holes are usually one or two. Digital topology locates them: with 8-connected
@@ -338,13 +349,8 @@ def _hole_pixels(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     cv2 = _opencv()
     n8, objects = cv2.connectedComponentsWithAlgorithm(mask.view(np.uint8), 8, cv2.CV_32S, cv2.CCL_SAUF)
     height, width = mask.shape
-    p = np.pad(mask, 1).view(np.uint8)
-    filled = p[:-1, :-1] + p[:-1, 1:]
-    filled += p[1:, :-1]
-    filled += p[1:, 1:]
-    filled -= 1  # 0, 1, 2: windows on an object's edge; 255, 3: empty or full windows
-    windows = np.flatnonzero(filled < 3)
-    count_on = filled.ravel()[windows] + 1
+    windows = np.flatnonzero((on - np.uint8(1)) < 3)  # 1-3 pixels on: an object's edge
+    count_on = on.ravel()[windows]
     # Window (y, x) covers pixels y-1..y, x-1..x; its object is the largest label there.
     wy, wx = np.divmod(windows, width + 1)
     diagonal = (count_on == 2) & (p[wy, wx] == p[wy + 1, wx + 1])

@@ -42,6 +42,7 @@ __all__ = [
     "VersionNotAvailableError",
     "VersionedStore",
     "VersioningError",
+    "RUN_BRANCH_PREFIX",
     "branch_name",
     "commit_metadata",
     "normalize_key",
@@ -78,7 +79,11 @@ class VersionNotAvailableError(VersioningError):
     """The requested version of a key can no longer be produced by this store."""
 
 
-def branch_name(run_id: str, prefix: str = "run-") -> str:
+#: Every run branch is named ``run-<run id>``.
+RUN_BRANCH_PREFIX = "run-"
+
+
+def branch_name(run_id: str, prefix: str = RUN_BRANCH_PREFIX) -> str:
     """The branch of one run: ``run-<run id>`` with anything unsafe replaced by ``-``.
 
     >>> branch_name("3f2a-77/x")
